@@ -1,0 +1,110 @@
+"""The app factory: ``create_app(settings, engine=None)``.
+
+Nothing is loaded at import time. The engine (Petals client) is created and its
+models loaded when the app starts serving, on a worker thread, so the server
+answers (``/healthz`` 503, the page) while models load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+import uuid
+
+from quart import Quart, g, request
+from quart_cors import cors
+
+from .registry import load_registry
+from .routes import http_api, ops, static, websocket_api
+from .routes.common import EXTENSION, AppState
+from .services.generation import GenerationService
+from .services.limits import SessionLimiter
+from .services.metrics import Metrics
+from .settings import Settings
+
+logger = logging.getLogger("backend")
+
+CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                           "img-src 'self' data:; connect-src 'self' ws: wss:; object-src 'none'; "
+                           "base-uri 'self'; frame-ancestors 'none'; form-action 'self'")
+
+
+def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False) -> Quart:
+    registry = load_registry(settings.models, settings.models_dir)
+    if embedded_swarm:
+        registry = registry.subset(embedded=True)
+    if settings.default_model:
+        spec = registry.lookup(settings.default_model)
+        if spec is None:
+            from .settings import SettingsError
+
+            raise SettingsError(f"invalid setting default_model: {settings.default_model!r} is not in the registry")
+        registry = dataclasses.replace(registry, default=spec.key)
+
+    app = Quart("backend", static_folder=None)
+    app.config["MAX_CONTENT_LENGTH"] = 4 * 1024 * 1024
+    app_state = AppState(settings=settings, metrics=Metrics(), registry=registry)
+    app.extensions[EXTENSION] = app_state
+
+    for blueprint in (http_api.blueprint, ops.blueprint):
+        app.register_blueprint(cors(blueprint, allow_origin=_cors_origins(settings)))
+    app.register_blueprint(websocket_api.blueprint)
+    app.register_blueprint(static.blueprint)
+
+    @app.before_serving
+    async def start_engine() -> None:
+        nonlocal engine
+        if engine is None:
+            from .engine.petals_engine import PetalsEngine
+
+            engine = PetalsEngine(list(registry.models), initial_peers=settings.initial_peers,
+                                  device=settings.device, dtype=settings.dtype,
+                                  request_timeout=settings.request_timeout, max_retries=settings.max_retries,
+                                  max_concurrent_generations=settings.max_concurrent_generations)
+        app_state.engine = engine
+        app_state.service = GenerationService(
+            engine, registry, SessionLimiter(settings.max_sessions, settings.max_sessions_per_client),
+            app_state.metrics, max_new_tokens_limit=settings.max_new_tokens_limit,
+            max_input_chars=settings.max_input_chars)
+        app_state.loader = asyncio.get_running_loop().run_in_executor(None, _load, engine, app_state)
+
+    @app.after_serving
+    async def stop_engine() -> None:
+        if app_state.engine is not None and hasattr(app_state.engine, "shutdown"):
+            app_state.engine.shutdown()
+
+    @app.before_request
+    async def remember_start() -> None:
+        g.started = time.perf_counter()
+        g.request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex[:16]
+
+    @app.after_request
+    async def finish(response):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
+        if response.mimetype == "text/html":
+            response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+            response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers["X-Request-ID"] = g.request_id
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        app_state.metrics.requests.labels(route, str(response.status_code)).inc()
+        logger.info("%s %s %d %.1fms request_id=%s", request.method, request.path, response.status_code,
+                    (time.perf_counter() - g.started) * 1000, g.request_id)
+        return response
+
+    return app
+
+
+def _cors_origins(settings: Settings):
+    origins = settings.cors_origins
+    return "*" if origins == ["*"] else origins
+
+
+def _load(engine, app_state: AppState) -> None:
+    try:
+        engine.load(progress=lambda msg: logger.info(msg))
+    except Exception as e:  # pragma: no cover - reported on /healthz
+        logger.exception("loading models failed")
+        app_state.loading_error = f"{type(e).__name__}: {e}".splitlines()[0]

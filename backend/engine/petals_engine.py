@@ -1,0 +1,364 @@
+"""The Petals implementation of the engine: the only module that drives Petals.
+
+One tokenizer and one distributed model per registry entry (aliases share
+them). A generation is ONE ``model.generate()`` call inside the session's
+Petals ``InferenceSession``, running on a worker thread of a bounded pool; a
+streamer forwards each token to the event loop as it is produced, and a
+stopping criterion ends the call when the text ends with a stop sequence, the
+budget is reached or the consumer went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+from ..compat import import_petals
+from ..errors import (CACHE_FULL, MAX_LENGTH_EXCEEDED, BadRequest, Busy, LengthExceeded, NotReady, SwarmError,
+                      UnknownModel)
+from ..registry import ModelSpec
+from .detokenizer import IncrementalDetokenizer
+from .device import resolve_device, resolve_dtype
+from .types import Chunk, ModelStatus, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+_DONE = object()
+
+
+@dataclass
+class _Loaded:
+    spec: ModelSpec
+    tokenizer: Any
+    model: Any
+    eos_token_id: int | None
+
+
+@dataclass(eq=False)
+class PetalsSession:
+    """An open inference session: a Petals InferenceSession plus our bookkeeping."""
+
+    id: int
+    model_key: str
+    max_length: int
+    inner: Any
+    busy: asyncio.Future | None = None
+    closing: asyncio.Future | None = None
+    closed: bool = False
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def length(self) -> int:
+        ids = self.inner.output_ids
+        return 0 if ids is None else int(ids.shape[1])
+
+    def context_ids(self, n: int = 8) -> list[int]:
+        ids = self.inner.output_ids
+        return [] if ids is None else ids[0, -n:].tolist()
+
+
+class _TokenStreamer:
+    """transformers streamer + stopping criterion in one: runs on the worker thread."""
+
+    def __init__(self, detok: IncrementalDetokenizer, emit: Callable[[Chunk], None], *, budget: int,
+                 stop_sequences: list[str], eos_token_id: int | None, cancel: threading.Event):
+        self._detok = detok
+        self._emit = emit
+        self._budget = budget
+        self._stops = [s for s in stop_sequences if s]
+        self._eos = eos_token_id
+        self._cancel = cancel
+        self._tail = ""  # the last characters of the text, for stop matching
+        self._tail_len = max((len(s) for s in self._stops), default=0) + 8
+        self._skipped_prompt = False
+        self.generated = 0
+        self.finished: str | None = None
+
+    # -- transformers BaseStreamer interface --
+    def put(self, value) -> None:
+        if not self._skipped_prompt:  # generate() first puts the whole prompt
+            self._skipped_prompt = True
+            return
+        token_ids = value.reshape(-1).tolist()
+        self.generated += len(token_ids)
+        text = self._detok.push(token_ids)
+        matched = None
+        if text:
+            self._tail = (self._tail + text)[-self._tail_len:]
+            matched = next((s for s in self._stops if self._tail.endswith(s)), None)
+        reason = None
+        if matched is not None or (self._eos is not None and token_ids[-1] == self._eos):
+            reason = "stop"
+        elif self.generated >= self._budget:
+            reason = "length"
+        elif self._cancel.is_set():
+            reason = "cancelled"
+        if reason is not None:
+            text += self._detok.flush()
+            self.finished = reason
+        self._emit(Chunk(text=text, tokens=len(token_ids), held=self._detok.held_tokens > 0,
+                         finish_reason=reason, matched_stop=matched))
+
+    def end(self) -> None:
+        pass
+
+    # -- StoppingCriteria interface --
+    def __call__(self, input_ids, scores, **kwargs) -> bool:
+        return self.finished is not None or self._cancel.is_set()
+
+
+class PetalsEngine:
+    """Loads models through the Petals client and runs generations on a bounded thread pool."""
+
+    def __init__(self, specs: list[ModelSpec], *, initial_peers: list[str], device: str = "auto",
+                 dtype: str = "auto", request_timeout: float = 180.0, max_retries: int = 8,
+                 max_concurrent_generations: int = 64):
+        self._specs = {s.key: s for s in specs}
+        self._initial_peers = list(initial_peers)
+        self._device_policy = device
+        self._dtype_policy = dtype
+        self._request_timeout = request_timeout
+        self._max_retries = max_retries
+        self._loaded: dict[str, _Loaded] = {}
+        self._status = {s.key: ModelStatus(key=s.key) for s in specs}
+        self._sessions: set[PetalsSession] = set()
+        self._ids = itertools.count(1)
+        self._max_generations = max_concurrent_generations
+        self._executor = ThreadPoolExecutor(max_workers=max_concurrent_generations,
+                                            thread_name_prefix="petals-generate")
+        self._running = 0
+        self.device = "cpu"
+
+    # ---------------------------------------------------------------- loading
+    def load(self, progress: Callable[[str], None] | None = None) -> None:
+        """Load every model (blocking: call from a thread). Failures mark the model not ready."""
+        import_petals()
+        import torch
+        from petals import AutoDistributedModelForCausalLM
+        from transformers import AutoTokenizer
+
+        self.device = resolve_device(self._device_policy)
+        for key, spec in self._specs.items():
+            status = self._status[key]
+            try:
+                if progress:
+                    progress(f"loading {key} from {spec.repository}")
+                tokenizer = AutoTokenizer.from_pretrained(spec.repository)
+                dtype = resolve_dtype(self._dtype_policy, self.device)
+                kwargs: dict[str, Any] = dict(initial_peers=self._initial_peers or None,
+                                              torch_dtype=dtype,
+                                              request_timeout=self._request_timeout,
+                                              max_retries=self._max_retries or None)
+                if spec.dht_prefix:
+                    kwargs["dht_prefix"] = spec.dht_prefix
+                if spec.adapter:
+                    kwargs["active_adapter"] = spec.adapter
+                if not self._initial_peers:
+                    kwargs.pop("initial_peers")
+                model = AutoDistributedModelForCausalLM.from_pretrained(spec.repository, **kwargs)
+                model = model.to(self.device)
+                model.eval()
+                eos = tokenizer.eos_token_id
+                self._loaded[key] = _Loaded(spec=spec, tokenizer=tokenizer, model=model, eos_token_id=eos)
+                status.chat_template = getattr(tokenizer, "chat_template", None)
+                status.details = {"dtype": str(dtype).replace("torch.", ""), "device": self.device,
+                                  "blocks": int(model.config.num_hidden_layers)}
+                status.ready = True
+                status.error = None
+                logger.info("model %s ready (device=%s, dtype=%s)", key, self.device, dtype)
+            except Exception as e:  # one bad entry must not take the others down
+                status.error = f"{type(e).__name__}: {e}".splitlines()[0]
+                logger.warning("model %s failed to load: %s", key, status.error)
+        del torch
+
+    def shutdown(self) -> None:
+        for session in list(self._sessions):
+            self._close_now(session)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # ---------------------------------------------------------------- queries
+    def status(self) -> dict[str, ModelStatus]:
+        return self._status
+
+    @property
+    def open_sessions(self) -> int:
+        return len(self._sessions)
+
+    @property
+    def running_generations(self) -> int:
+        return self._running
+
+    def _get(self, model_key: str) -> _Loaded:
+        if model_key not in self._specs:
+            raise UnknownModel(f"Unknown model: {model_key}")
+        loaded = self._loaded.get(model_key)
+        if loaded is None:
+            error = self._status[model_key].error
+            raise NotReady(f"Model {model_key} is not ready" + (f": {error}" if error else ", retry later"))
+        return loaded
+
+    def token_ids(self, model_key: str, text: str) -> list[int]:
+        return self._get(model_key).tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def count_tokens(self, model_key: str, text: str) -> int:
+        return len(self.token_ids(model_key, text))
+
+    def decode(self, model_key: str, ids: list[int]) -> str:
+        return self._get(model_key).tokenizer.decode(ids)
+
+    def render_chat(self, model_key: str, messages: list[dict[str, str]]) -> str:
+        tok = self._get(model_key).tokenizer
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    async def readiness(self) -> dict[str, Any]:
+        """Per-model swarm details: servers and blocks covered (blocking DHT reads off the loop)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self._readiness_blocking)
+
+    def _readiness_blocking(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, status in self._status.items():
+            entry: dict[str, Any] = {"ready": status.ready, **status.details}
+            if status.error:
+                entry["error"] = status.error
+            loaded = self._loaded.get(key)
+            if loaded is not None:
+                try:
+                    manager = loaded.model.transformer.h.sequence_manager
+                    manager.update(wait=True)
+                    infos = manager.state.block_infos
+                    peers = {peer for info in infos for peer in (info.servers if info else {})}
+                    covered = sum(1 for info in infos if info and info.servers)
+                    entry.update(servers=len(peers), blocks_served=covered, blocks_total=len(infos),
+                                 swarm_ok=covered == len(infos))
+                except Exception as e:
+                    entry.update(swarm_ok=False, error=f"{type(e).__name__}: {e}".splitlines()[0])
+            out[key] = entry
+        return out
+
+    # ---------------------------------------------------------------- sessions
+    async def open_session(self, model_key: str, max_length: int) -> PetalsSession:
+        from petals.client.inference_session import InferenceSession
+
+        loaded = self._get(model_key)
+        # Not model.inference_session(): that context manager also activates the session in the
+        # current context; ours is passed explicitly to generate() on a worker thread.
+        inner = InferenceSession(loaded.model.transformer.h.sequence_manager, max_length=max_length)
+        session = PetalsSession(id=next(self._ids), model_key=model_key, max_length=max_length, inner=inner)
+        self._sessions.add(session)
+        return session
+
+    async def close_session(self, session: PetalsSession) -> None:
+        """Close a session; safe to call twice and robust to the caller being cancelled."""
+        if session.closing is None:
+            session.cancel.set()
+            session.closing = asyncio.ensure_future(self._close(session))
+        await asyncio.shield(session.closing)
+
+    async def _close(self, session: PetalsSession) -> None:
+        if session.busy is not None:  # let the running generate() notice the cancellation first
+            await asyncio.wait({session.busy})
+        await asyncio.get_running_loop().run_in_executor(None, self._close_now, session)
+
+    def _close_now(self, session: PetalsSession) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        self._sessions.discard(session)
+        try:
+            session.inner.close()
+        except Exception:
+            logger.debug("closing session %s failed", session.id, exc_info=True)
+
+    def replace_last_token(self, session: PetalsSession, text: str) -> None:
+        """Rewind: make the session's last token ``text`` (one token), as if it had been generated."""
+        ids = self.token_ids(session.model_key, text)
+        if len(ids) != 1:
+            raise BadRequest(f"{text!r} is not exactly one token")
+        if session.inner.output_ids is not None:
+            session.inner.output_ids[0, -1] = ids[0]
+
+    # ---------------------------------------------------------------- generation
+    async def stream(self, session: PetalsSession, inputs: str | None, params: SamplingParams, *,
+                     max_new_tokens: int, stop_sequences: list[str]) -> AsyncIterator[Chunk]:
+        """Generate up to ``max_new_tokens`` tokens in ``session``; yield chunks as tokens arrive."""
+        if session.closed:
+            raise BadRequest("The inference session is closed; open a new one")
+        if session.busy is not None and not session.busy.done():
+            raise BadRequest("A generation is already running in this session")
+        if self._running >= self._max_generations:
+            raise Busy("Server is busy: too many generations running, retry later")
+        loaded = self._get(session.model_key)
+        input_ids = self.token_ids(session.model_key, inputs) if inputs else []
+        if not input_ids and session.length == 0:
+            raise BadRequest("inputs are required for the first generation of a session")
+        used = session.length + len(input_ids)
+        budget = min(max_new_tokens, session.max_length - used)
+        if budget <= 0:
+            raise LengthExceeded(f"{MAX_LENGTH_EXCEEDED}: the session holds {session.length} tokens, the request "
+                                 f"adds {len(input_ids)} and asks for more, but its max_length is {session.max_length}")
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        session.cancel.clear()
+        detok = IncrementalDetokenizer(lambda ids: loaded.tokenizer.decode(ids), session.context_ids())
+        streamer = _TokenStreamer(detok, lambda c: loop.call_soon_threadsafe(queue.put_nowait, c), budget=budget,
+                                  stop_sequences=stop_sequences, eos_token_id=loaded.eos_token_id,
+                                  cancel=session.cancel)
+
+        def run() -> None:
+            import torch
+            from transformers import StoppingCriteriaList
+
+            try:
+                ids = torch.tensor([input_ids], dtype=torch.long) if input_ids else None
+                if params.seed is not None:
+                    torch.manual_seed(params.seed)
+                with torch.inference_mode():
+                    loaded.model.generate(ids, session=session.inner, max_new_tokens=budget, streamer=streamer,
+                                          stopping_criteria=StoppingCriteriaList([streamer]),
+                                          pad_token_id=loaded.eos_token_id, **params.generate_kwargs())
+                if streamer.finished is None:  # generate() stopped by itself (e.g. its own max_length)
+                    tail = detok.flush()
+                    loop.call_soon_threadsafe(queue.put_nowait, Chunk(text=tail, tokens=0, finish_reason="length"))
+            except BaseException as e:  # surfaced on the event loop
+                loop.call_soon_threadsafe(queue.put_nowait, e)
+            finally:
+                loop.call_soon_threadsafe(queue.put_nowait, _DONE)
+
+        self._running += 1
+        session.busy = loop.run_in_executor(self._executor, run)
+        session.busy.add_done_callback(lambda _: self._done_running())
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise _translate(item)
+                yield item
+        finally:
+            session.cancel.set()  # a consumer that leaves early stops the worker at its next token
+            if not session.busy.done():  # the session is usable again only once generate() returned
+                await asyncio.wait({session.busy})
+
+    def _done_running(self) -> None:
+        self._running -= 1
+
+
+def _translate(error: BaseException) -> Exception:
+    """Turn a Petals/hivemind failure into a one-line client-facing error."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    if MAX_LENGTH_EXCEEDED in text:
+        return LengthExceeded(text)
+    if CACHE_FULL in text.lower() or "AllocationFailed" in text:
+        return SwarmError(f"The swarm is out of capacity: {CACHE_FULL} ({text})")
+    if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
+        return SwarmError(f"The swarm did not answer in time: {text}")
+    logger.warning("generation failed: %r", error, exc_info=error)
+    return SwarmError(f"Swarm error: {type(error).__name__}: {text}")

@@ -1,0 +1,88 @@
+"""The engine interface: what services may ask of an inference engine.
+
+Services depend on :class:`Engine` (a Protocol), not on Petals, so the web
+layer can be unit-tested with a fake engine and the Petals client stays in one
+module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Protocol
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decoding parameters, compatible with ``transformers`` ``generate()``."""
+
+    do_sample: bool = False
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    seed: int | None = None
+
+    def generate_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"do_sample": self.do_sample}
+        if self.repetition_penalty is not None:
+            kwargs["repetition_penalty"] = self.repetition_penalty
+        if self.do_sample:
+            # Greedy decoding ignores these; passing them would only make transformers warn.
+            for name in ("temperature", "top_k", "top_p"):
+                value = getattr(self, name)
+                if value is not None:
+                    kwargs[name] = value
+        return kwargs
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Text produced by one or more tokens of a running generation."""
+
+    text: str
+    tokens: int
+    held: bool = False  # text is incomplete (a UTF-8 character not finished yet)
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled" on the last chunk
+    matched_stop: str | None = None  # which stop sequence ended the text
+
+
+@dataclass
+class ModelStatus:
+    key: str
+    ready: bool = False
+    error: str | None = None
+    chat_template: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class EngineSession(Protocol):
+    model_key: str
+    max_length: int
+
+    @property
+    def length(self) -> int:
+        """Tokens in the session so far (prefix, inputs and generated tokens)."""
+
+
+class Engine(Protocol):
+    """What services need from an inference engine."""
+
+    def status(self) -> dict[str, ModelStatus]: ...
+
+    @property
+    def open_sessions(self) -> int: ...
+
+    def count_tokens(self, model_key: str, text: str) -> int: ...
+
+    def token_ids(self, model_key: str, text: str) -> list[int]: ...
+
+    async def open_session(self, model_key: str, max_length: int) -> EngineSession: ...
+
+    async def close_session(self, session: EngineSession) -> None: ...
+
+    def stream(self, session: EngineSession, inputs: str | None, params: SamplingParams, *,
+               max_new_tokens: int, stop_sequences: list[str]) -> AsyncIterator[Chunk]: ...
+
+    def replace_last_token(self, session: EngineSession, text: str) -> None: ...
+
+    async def readiness(self) -> dict[str, Any]: ...

@@ -1,0 +1,109 @@
+"""Wire formats of the legacy APIs, defined once (pydantic).
+
+* WebSocket ``/api/v2/generate``: :class:`OpenSessionRequest`,
+  :class:`GenerateRequest`; replies built by :func:`ok`, :func:`delta` and
+  :func:`error`.
+* HTTP ``/api/v1/generate``: :class:`HttpGenerateRequest` (the same generation
+  fields plus ``model``), answered with :func:`http_result` or :func:`error`.
+
+Validation errors become :class:`backend.errors.BadRequest` with one line that
+names the field (:func:`parse`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
+
+from .engine.types import SamplingParams
+from .errors import BadRequest
+
+# Upper bounds that stop absurd values early (the settings apply tighter limits).
+MAX_INT = 1 << 31
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class OpenSessionRequest(_Request):
+    type: Literal["open_inference_session"]
+    model: StrictStr | None = None
+    max_length: StrictInt = Field(ge=1, le=MAX_INT)
+
+
+class GenerationFields(_Request):
+    """Generation parameters shared by the WebSocket and HTTP APIs."""
+
+    inputs: StrictStr | None = None
+    max_new_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_INT)
+    max_length: StrictInt | None = Field(default=None, ge=1, le=MAX_INT)
+    do_sample: StrictBool | Literal[0, 1] = False
+    temperature: float | None = Field(default=None, gt=0, le=100, allow_inf_nan=False)
+    top_k: StrictInt | None = Field(default=None, ge=0, le=MAX_INT)
+    top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=100, allow_inf_nan=False)
+
+    @field_validator("temperature", "top_p", "repetition_penalty", mode="before")
+    @classmethod
+    def _numbers_only(cls, value: Any) -> Any:
+        if isinstance(value, bool) or (value is not None and not isinstance(value, (int, float))):
+            raise ValueError("must be a number")
+        return value
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(do_sample=bool(self.do_sample), temperature=self.temperature, top_k=self.top_k,
+                              top_p=self.top_p, repetition_penalty=self.repetition_penalty)
+
+
+class GenerateRequest(GenerationFields):
+    type: Literal["generate"]
+    stop_sequence: StrictStr | None = None
+    extra_stop_sequences: list[StrictStr] | None = None
+
+
+class HttpGenerateRequest(GenerationFields):
+    model: StrictStr
+    stream: StrictBool = False
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def parse(model: type[R], data: Any) -> R:
+    """Validate ``data``; raise BadRequest with one line naming the first bad field."""
+    if not isinstance(data, dict):
+        raise BadRequest("request must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = first["loc"]  # e.g. ("do_sample", "bool") for a union member: name the field only
+        field = (str(loc[0]) + "".join(f"[{p}]" for p in loc[1:] if isinstance(p, int))) if loc else "request"
+        kind = first["type"]
+        if kind == "missing":
+            message = f"'{field}' is required"
+        elif kind == "literal_error" and field == "type":
+            message = f"'type' must be {first['ctx']['expected']}, got {first.get('input')!r}"
+        else:
+            message = f"invalid '{field}': {first['msg']}"
+        raise BadRequest(message, param=field) from None
+
+
+# ---- replies -----------------------------------------------------------------
+
+def ok() -> dict[str, Any]:
+    return {"ok": True}
+
+
+def delta(outputs: str, *, stop: bool, token_count: int) -> dict[str, Any]:
+    return {"ok": True, "outputs": outputs, "stop": stop, "token_count": token_count}
+
+
+def error(message: str) -> dict[str, Any]:
+    return {"ok": False, "traceback": message}
+
+
+def http_result(outputs: str) -> dict[str, Any]:
+    return {"ok": True, "outputs": outputs}

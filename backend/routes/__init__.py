@@ -1,0 +1,1 @@
+"""Routes: parse requests, call services, format responses. No generation logic here."""

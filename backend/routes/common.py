@@ -1,0 +1,49 @@
+"""Helpers shared by the route modules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from quart import current_app
+
+if TYPE_CHECKING:
+    from ..engine.types import Engine
+    from ..registry import Registry
+    from ..services.generation import GenerationService
+    from ..services.metrics import Metrics
+    from ..settings import Settings
+
+EXTENSION = "petals_chat"
+
+
+@dataclass
+class AppState:
+    """What the routes need, kept on the app (never in module globals)."""
+
+    settings: "Settings"
+    metrics: "Metrics"
+    registry: "Registry"
+    service: "GenerationService | None" = None
+    engine: "Engine | None" = None
+    loading_error: str | None = None
+    embedded_swarm: Any = None
+    loader: Any = None  # the future of the model-loading thread
+
+
+def state() -> AppState:
+    return current_app.extensions[EXTENSION]
+
+
+def client_address(conn) -> str:
+    """The client's address (Hypercorn puts the peer in ``remote_addr``)."""
+    return conn.remote_addr or "unknown"
+
+
+def is_own_origin(conn) -> bool:
+    """True when the request comes from the app's own page (``Origin`` equals our origin)."""
+    origin = conn.headers.get("Origin")
+    if not origin:
+        return False
+    scheme = {"ws": "http", "wss": "https"}.get(conn.scheme, conn.scheme)
+    return origin.rstrip("/") == f"{scheme}://{conn.host}"

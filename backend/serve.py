@@ -1,0 +1,85 @@
+"""``python -m backend``: start the web app (and, by default, the embedded swarm).
+
+With no initial peers configured and the embedded model prepared, a private
+Petals swarm serving it is started on loopback first, and the app connects to
+it exactly as it would to any swarm. With initial peers, the app connects
+there. Ctrl-C / SIGTERM stop the app and every process started here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from .registry import load_registry
+from .settings import Settings
+
+logger = logging.getLogger("backend")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def embedded_model(settings: Settings):
+    """The registry's embedded model if its files are prepared, else None."""
+    registry = load_registry(settings.models, settings.models_dir).subset(embedded=True)
+    spec = registry.lookup(registry.default) if registry.default else None
+    if spec is None or not (Path(spec.repository) / "config.json").is_file():
+        return None
+    return spec
+
+
+def start_embedded_swarm(settings: Settings, spec):
+    from .engine.device import resolve_device
+    from .swarm.launcher import LocalSwarm
+
+    device = resolve_device(settings.device)
+    swarm = LocalSwarm(spec.repository, dht_prefix=spec.dht_prefix or spec.key,
+                       servers=settings.embedded_blocks_servers, torch_dtype=settings.embedded_dtype,
+                       device=device, first_port=settings.embedded_port,
+                       log_file=settings.models_dir / "embedded-swarm.log")
+    print(f"Starting the embedded Petals swarm ({spec.key}, {device}); log: {swarm.log_file.name}", flush=True)
+    peers = swarm.start()
+    return swarm, peers
+
+
+def serve(settings: Settings) -> int:
+    import hypercorn.asyncio
+    from hypercorn.config import Config
+
+    from .app import create_app
+
+    swarm = None
+    embedded = False
+    if settings.uses_embedded_swarm:
+        spec = embedded_model(settings)
+        if spec is not None:
+            swarm, peers = start_embedded_swarm(settings, spec)
+            settings = dataclasses.replace(settings, initial_peers=peers)
+            embedded = True
+            print("Embedded swarm is up. Other machines can join it or use it with initial peers:", flush=True)
+            for peer in peers:
+                print(f"  {peer}", flush=True)
+        else:
+            print("The embedded model is not prepared (python -m backend model prepare): "
+                  "connecting to the public swarm.", flush=True)
+    try:
+        app = create_app(settings, embedded_swarm=embedded)
+        config = Config()
+        config.bind = [f"{settings.host}:{settings.port}"]
+        config.accesslog = None
+        config.graceful_timeout = 10
+        print(f"Petals Chat is running at http://{settings.host}:{settings.port} (Ctrl-C to stop)", flush=True)
+        asyncio.run(hypercorn.asyncio.serve(app, config))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if swarm is not None:
+            print("Stopping the embedded swarm...", flush=True)
+            swarm.stop()
+    return 0

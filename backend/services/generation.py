@@ -1,0 +1,196 @@
+"""Generation service: sessions, stop-sequence rounds, the extra-stop rewind, budgets.
+
+The WebSocket, HTTP and OpenAI routes all go through :class:`GenerationService`;
+it depends on the :class:`backend.engine.types.Engine` interface only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+from ..errors import MAX_LENGTH_EXCEEDED, BadRequest, Forbidden, LengthExceeded, UnknownModel
+from ..registry import ModelSpec, Registry
+from ..engine.types import Engine, EngineSession, SamplingParams
+from .limits import SessionLimiter
+from .metrics import Metrics
+
+
+@dataclass(frozen=True)
+class Round:
+    """One reply of a generation: the text of ``token_count`` tokens, and whether it is the last."""
+
+    outputs: str
+    stop: bool
+    token_count: int
+    finish_reason: str | None = None  # on the last round: "stop" or "length"
+
+
+@dataclass(frozen=True)
+class GenerateSpec:
+    """A validated generation request, whatever API it came from."""
+
+    inputs: str | None = None
+    max_new_tokens: int | None = None
+    max_length: int | None = None
+    sampling: SamplingParams = SamplingParams()
+    stop_sequence: str | None = None  # WebSocket API: the regular stop sequence (rewind target)
+    extra_stop_sequences: tuple[str, ...] = ()  # WebSocket API: rewound to stop_sequence when matched
+    stop_sequences: tuple[str, ...] = ()  # OpenAI-style stops: end the text, no rewind
+    until_stop: bool = False  # WebSocket API: keep generating round after round until stop_sequence
+    round_tokens: int | None = None  # yield a Round every N tokens (None: one Round at the end)
+
+
+class Conversation:
+    """One open inference session (a socket's, or one HTTP request's)."""
+
+    def __init__(self, service: "GenerationService", spec: ModelSpec, session: EngineSession, client: str):
+        self.service = service
+        self.spec = spec
+        self.session = session
+        self.client = client
+        self.closed = False
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self.service.engine.close_session(self.session)
+        finally:
+            self.service.limiter.release(self.client)
+            self.service.metrics.sessions_open.dec()
+
+    async def generate(self, req: GenerateSpec) -> AsyncIterator[Round]:
+        """Run one generation request; yield its replies (one, or one per round)."""
+        engine = self.service.engine
+        stops = [req.stop_sequence] if req.stop_sequence else []
+        if req.extra_stop_sequences:
+            if not req.stop_sequence:
+                raise BadRequest("extra_stop_sequences require stop_sequence", param="extra_stop_sequences")
+            if engine.count_tokens(self.spec.key, req.stop_sequence) != 1:
+                raise BadRequest("extra_stop_sequences require stop_sequence length to be exactly 1 token",
+                                 param="stop_sequence")
+            stops += [s for s in req.extra_stop_sequences if s]
+        stops += [s for s in req.stop_sequences if s]
+        if req.inputs is not None and len(req.inputs) > self.service.max_input_chars:
+            raise BadRequest(f"inputs are too long ({len(req.inputs)} characters, limit "
+                             f"{self.service.max_input_chars})", param="inputs")
+
+        n_inputs = engine.count_tokens(self.spec.key, req.inputs) if req.inputs else 0
+        used = self.session.length + n_inputs
+        remaining = self.session.max_length - used
+        if req.max_new_tokens is not None:
+            step = req.max_new_tokens
+        elif req.max_length is not None:
+            step = req.max_length - used
+            if step <= 0:
+                raise BadRequest(f"max_length {req.max_length} leaves no room for new tokens: the context already "
+                                 f"holds {used} tokens", param="max_length")
+        else:
+            raise BadRequest("one of max_new_tokens or max_length is required", param="max_new_tokens")
+        if step > self.service.max_new_tokens_limit:
+            raise BadRequest(f"max_new_tokens {step} is above this server's limit of "
+                             f"{self.service.max_new_tokens_limit}", param="max_new_tokens")
+        until_stop = req.until_stop and bool(req.stop_sequence)
+        round_tokens = req.round_tokens or (step if until_stop else None)
+        if until_stop:
+            budget = remaining  # rounds continue until a stop sequence or the session's end
+        else:
+            budget = step
+            if step > remaining:
+                raise LengthExceeded(
+                    f"{MAX_LENGTH_EXCEEDED}: the session holds {self.session.length} tokens, the request adds "
+                    f"{n_inputs} and {step} new ones, over its max_length of {self.session.max_length}")
+        if budget <= 0:
+            raise LengthExceeded(f"{MAX_LENGTH_EXCEEDED}: the session's max_length of {self.session.max_length} "
+                                 f"tokens is used up")
+
+        metrics = self.service.metrics
+        pending, pending_tokens = "", 0
+        started = last = time.perf_counter()
+        first = True
+        stream = engine.stream(self.session, req.inputs, req.sampling, max_new_tokens=budget, stop_sequences=stops)
+        async with contextlib.aclosing(stream):
+            async for chunk in stream:
+                now = time.perf_counter()
+                if chunk.tokens:
+                    metrics.tokens_generated.inc(chunk.tokens)
+                    (metrics.time_to_first_token if first else metrics.inter_token_latency).observe(
+                        now - (started if first else last))
+                    first, last = False, now
+                pending += chunk.text
+                pending_tokens += chunk.tokens
+                final = chunk.finish_reason is not None
+                if final and req.stop_sequence and chunk.matched_stop in req.extra_stop_sequences:
+                    engine.replace_last_token(self.session, req.stop_sequence)  # the rewind
+                if until_stop and chunk.finish_reason == "length":
+                    if pending:
+                        yield Round(pending, False, pending_tokens)
+                    raise LengthExceeded(f"{MAX_LENGTH_EXCEEDED}: the session's max_length of "
+                                         f"{self.session.max_length} tokens ran out before a stop sequence")
+                if final:
+                    yield Round(pending, True, pending_tokens, chunk.finish_reason)
+                    return
+                if round_tokens and pending_tokens >= round_tokens and not chunk.held:
+                    yield Round(pending, False, pending_tokens)
+                    pending, pending_tokens = "", 0
+
+
+class GenerationService:
+    def __init__(self, engine: Engine, registry: Registry, limiter: SessionLimiter, metrics: Metrics, *,
+                 max_new_tokens_limit: int = 4096, max_input_chars: int = 1_000_000):
+        self.engine = engine
+        self.registry = registry
+        self.limiter = limiter
+        self.metrics = metrics
+        self.max_new_tokens_limit = max_new_tokens_limit
+        self.max_input_chars = max_input_chars
+
+    def resolve_model(self, name: str | None, *, own_origin: bool) -> ModelSpec:
+        """Find the model for ``name`` (default when None) and apply the ``public_api`` rule."""
+        spec = self.registry.lookup(name if name is not None else self.registry.default)
+        if spec is None:
+            raise UnknownModel(f"Unknown model: {name!r}; see GET /api/v1/models", param="model")
+        if not spec.public_api and not own_origin:
+            raise Forbidden(f"We do not provide public API for {spec.key} due to license restrictions",
+                            param="model")
+        return spec
+
+    async def open(self, spec: ModelSpec, max_length: int, client: str) -> Conversation:
+        limit = spec.chat.max_session_length
+        if max_length > limit:
+            raise BadRequest(f"max_length {max_length} exceeds the model's max_session_length of {limit}",
+                             param="max_length")
+        self.limiter.acquire(client)
+        try:
+            session = await self.engine.open_session(spec.key, max_length)
+        except BaseException:
+            self.limiter.release(client)
+            raise
+        self.metrics.sessions_open.inc()
+        return Conversation(self, spec, session, client)
+
+    async def generate_once(self, spec: ModelSpec, req: GenerateSpec, client: str) -> AsyncIterator[Round]:
+        """A stateless generation (HTTP APIs): a session sized for the request, closed afterwards."""
+        n_inputs = self.engine.count_tokens(spec.key, req.inputs) if req.inputs else 0
+        if req.max_new_tokens is not None:
+            total = n_inputs + req.max_new_tokens
+        elif req.max_length is not None:
+            total = req.max_length
+        else:
+            raise BadRequest("one of max_new_tokens or max_length is required", param="max_new_tokens")
+        if req.max_new_tokens is not None and req.max_new_tokens > self.max_new_tokens_limit:
+            raise BadRequest(f"max_new_tokens {req.max_new_tokens} is above this server's limit of "
+                             f"{self.max_new_tokens_limit}", param="max_new_tokens")
+        if total > spec.chat.max_session_length:
+            raise LengthExceeded(f"{MAX_LENGTH_EXCEEDED}: {n_inputs} input tokens plus the new tokens exceed the "
+                                 f"model's max_session_length of {spec.chat.max_session_length}")
+        conversation = await self.open(spec, max(total, 1), client)
+        try:
+            async for item in conversation.generate(req):
+                yield item
+        finally:
+            await conversation.close()

@@ -1,0 +1,184 @@
+"""One settings object for the whole backend.
+
+Every field is read from an environment variable ``PETALS_CHAT_<NAME>`` and
+from a CLI flag ``--<name>`` of ``python -m backend`` (flags win). Each field
+carries its help text; the README table is checked against these fields by a
+test, so a new setting cannot stay undocumented.
+
+Validation happens in :func:`load_settings`, before any model is loaded: an
+invalid value raises :class:`SettingsError` with one line naming the setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+ENV_PREFIX = "PETALS_CHAT_"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+DTYPE_POLICIES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SettingsError(ValueError):
+    """An invalid setting; the message is one line naming the setting."""
+
+
+def _setting(default: Any, help: str, **extra: Any) -> Any:
+    meta = {"help": help, **extra}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = _setting("127.0.0.1", "Address to listen on.")
+    port: int = _setting(5000, "TCP port to listen on.", minimum=0, maximum=65535)
+    initial_peers: list[str] = _setting(
+        [],
+        "Multiaddrs of the swarm's initial peers, space- or comma-separated. Empty: start the "
+        "embedded local swarm if the embedded model is prepared, else use the public swarm.",
+    )
+    models: Path = _setting(REPO_ROOT / "backend" / "models.toml", "Path of the model registry (TOML).")
+    models_dir: Path = _setting(REPO_ROOT / "models", "Folder for prepared local models (the embedded model).")
+    default_model: str = _setting("", "Key of the default model (empty: the registry's default).")
+    dht_prefix: str = _setting("", "DHT prefix of the swarm's model (empty: the registry's or Petals' default).")
+    device: str = _setting("auto", "Device for embeddings and LM head: auto (cuda if available), cpu or cuda.",
+                           choices=DEVICES)
+    dtype: str = _setting("auto", "Client dtype policy: auto (GPU: model's dtype; CPU: bfloat16 with AVX-512, "
+                          "else float32), float32, bfloat16 or float16.", choices=DTYPE_POLICIES)
+    step_timeout: float = _setting(300.0, "Seconds a WebSocket may stay idle between requests before it is closed.",
+                                   minimum=0.1)
+    request_timeout: float = _setting(180.0, "Seconds one swarm request may take before Petals retries it.",
+                                      minimum=0.1)
+    max_retries: int = _setting(8, "Swarm retries for a failed step before the client gets an error "
+                                "(0: retry forever, as Petals does by default).", minimum=0)
+    cors_origins: list[str] = _setting(["*"], "Origins allowed by CORS for the HTTP APIs, space- or comma-separated "
+                                       "('*' for any, as the original public API).")
+    max_sessions: int = _setting(128, "Maximum open inference sessions (socket and HTTP together).", minimum=1)
+    max_sessions_per_client: int = _setting(16, "Maximum open inference sessions per client address.", minimum=1)
+    max_concurrent_generations: int = _setting(
+        64, "Generations running at once (threads that drive the Petals client).", minimum=1)
+    max_new_tokens_limit: int = _setting(4096, "Largest max_new_tokens a request may ask for.", minimum=1)
+    max_input_chars: int = _setting(1_000_000, "Largest 'inputs' text a request may send, in characters.", minimum=1)
+    frontend_dir: Path = _setting(REPO_ROOT / "frontend" / "dist", "Folder of the built web app served at '/'.")
+    embedded_blocks_servers: int = _setting(1, "Server processes of the embedded swarm (blocks split evenly).",
+                                            minimum=1)
+    embedded_dtype: str = _setting("float32", "dtype of the embedded swarm's transformer blocks: float32 or "
+                                   "bfloat16.", choices=("float32", "bfloat16", "float16"))
+    embedded_port: int = _setting(0, "TCP port of the embedded swarm's first server (0: pick a free one).",
+                                  minimum=0, maximum=65535)
+    debug: bool = _setting(False, "Send Python tracebacks to clients in errors (never in production).")
+    log_level: str = _setting("info", "Log level: debug, info, warning or error.",
+                              choices=("debug", "info", "warning", "error"))
+
+    # ---- derived helpers -------------------------------------------------
+    @property
+    def uses_embedded_swarm(self) -> bool:
+        return not self.initial_peers
+
+
+SETTING_FIELDS = tuple(f for f in dataclasses.fields(Settings))
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _split_list(text: str) -> list[str]:
+    return [part for part in re.split(r"[\s,]+", text.strip()) if part]
+
+
+def _parse(f: dataclasses.Field, raw: Any) -> Any:
+    """Convert a raw string (env/CLI) into the field's type, or raise SettingsError."""
+    kind = f.type
+    name = f.name
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if kind in ("int", int):
+            value: Any = int(raw)
+        elif kind in ("float", float):
+            value = float(raw)
+        elif kind in ("bool", bool):
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                value = True
+            elif lowered in ("0", "false", "no", "off", ""):
+                value = False
+            else:
+                raise ValueError(raw)
+        elif kind in ("Path", Path):
+            value = Path(raw).expanduser()
+        elif kind in ("list[str]",):
+            value = _split_list(raw)
+        else:
+            value = raw.strip()
+    except ValueError:
+        raise SettingsError(f"invalid setting {name} ({env_name(name)}): {raw!r} is not a valid {kind}") from None
+    return value
+
+
+def _validate(settings: Settings) -> None:
+    for f in SETTING_FIELDS:
+        value = getattr(settings, f.name)
+        meta = f.metadata
+        if "choices" in meta and value not in meta["choices"]:
+            raise SettingsError(
+                f"invalid setting {f.name} ({env_name(f.name)}): {value!r}; choose one of {', '.join(meta['choices'])}")
+        if "minimum" in meta and value < meta["minimum"]:
+            raise SettingsError(f"invalid setting {f.name} ({env_name(f.name)}): {value!r} is below {meta['minimum']}")
+        if "maximum" in meta and value > meta["maximum"]:
+            raise SettingsError(f"invalid setting {f.name} ({env_name(f.name)}): {value!r} is above {meta['maximum']}")
+    for peer in settings.initial_peers:
+        if not peer.startswith("/"):
+            raise SettingsError(f"invalid setting initial_peers ({env_name('initial_peers')}): {peer!r} is not a "
+                                "multiaddr (expected e.g. /ip4/1.2.3.4/tcp/31337/p2p/12D3Koo...)")
+    if not settings.models.is_file():
+        raise SettingsError(f"invalid setting models ({env_name('models')}): no such file: {settings.models}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag`` per setting (generated from the dataclass)."""
+    for f in SETTING_FIELDS:
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} Env: {env_name(f.name)}."
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                                help=help_text)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+
+
+def load_settings(environ: Mapping[str, str] | None = None, cli: Mapping[str, Any] | None = None,
+                  **overrides: Any) -> Settings:
+    """Build validated settings from defaults < environment < CLI values < keyword overrides."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in SETTING_FIELDS:
+        if env_name(f.name) in environ:
+            values[f.name] = _parse(f, environ[env_name(f.name)])
+        if cli and cli.get(f.name) is not None:
+            values[f.name] = _parse(f, cli[f.name])
+        if f.name in overrides:
+            raw = overrides[f.name]
+            values[f.name] = _parse(f, raw) if isinstance(raw, str) else raw
+    unknown = set(overrides) - {f.name for f in SETTING_FIELDS}
+    if unknown:
+        raise SettingsError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def parse_cli(argv: Sequence[str]) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m backend", description="Petals Chat backend.")
+    add_arguments(parser)
+    return vars(parser.parse_args(list(argv)))

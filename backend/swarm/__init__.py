@@ -1,0 +1,1 @@
+"""A private Petals swarm on this machine: the launcher and the server entry point."""

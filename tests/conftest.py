@@ -1,0 +1,243 @@
+"""Shared fixtures: a real tiny model, a real local Petals swarm, a real Hypercorn backend.
+
+* ``tiny_model``: a random-weight 4-layer Llama (hidden 64) saved with
+  ``save_pretrained``, paired with the embedded model's real tokenizer
+  (SmolLM2, ChatML template). Deterministic: seeded.
+* ``swarm``: one Petals server process serving all its blocks
+  (``backend.swarm.launcher``).
+* ``live_server``: ``python -m backend`` (Hypercorn) on a free port, connected
+  to ``swarm``, with a test registry (``tiny``, ``tiny-private`` with
+  ``public_api = false``, ``tiny-legacy`` with the original ``###`` format).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+
+
+def embedded_model_dir() -> Path:
+    """The prepared embedded model (prepared on first use; cached in models/)."""
+    models_dir = Path(os.environ.get("PETALS_CHAT_MODELS_DIR", REPO / "models"))
+    folder = models_dir / EMBEDDED_NAME
+    if not (folder / ".verified").is_file():
+        from backend.embedded.prepare import prepare_model
+
+        folder = prepare_model(models_dir)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    return embedded_model_dir()
+
+
+def make_tiny_model(folder: Path, tokenizer_dir: Path, *, seed: int = 0, layers: int = 4) -> Path:
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    tok_config = json.loads((tokenizer_dir / "config.json").read_text())
+    config = transformers.LlamaConfig(
+        vocab_size=tok_config["vocab_size"], hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False, torch_dtype="float32")
+    model = transformers.LlamaForCausalLM(config)
+    # random init gives near-uniform logits; widen them so greedy choices are unambiguous
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)
+    model.save_pretrained(folder, safe_serialization=True)
+    for name in TOKENIZER_FILES:
+        shutil.copy(tokenizer_dir / name, folder / name)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, embedded_dir) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), embedded_dir)
+
+
+@pytest.fixture(scope="session")
+def swarm(tiny_model):
+    from backend.swarm.launcher import LocalSwarm
+
+    swarm = LocalSwarm(tiny_model, dht_prefix="tiny-test", servers=1)
+    swarm.start()
+    yield swarm
+    swarm.stop(grace=3)
+
+
+REGISTRY_TEMPLATE = """
+default = "tiny"
+
+[[families]]
+name = "Tiny"
+
+[[families.models]]
+key = "tiny"
+[families.models.backend]
+repository = "{path}"
+aliases = ["tiny-alias"]
+dht_prefix = "tiny-test"
+[families.models.frontend]
+name = "Tiny (ChatML)"
+model_card = "https://example.org/tiny"
+license = "https://example.org/license"
+[families.models.chat]
+max_session_length = 2048
+use_chat_template = true
+sep_token = "\\n"
+stop_token = "<|im_end|>"
+extra_stop_sequences = ["<|endoftext|>"]
+system_prompt = "You are a test."
+generation_params = {{ do_sample = 0 }}
+
+[[families.models]]
+key = "tiny-private"
+[families.models.backend]
+repository = "{path}"
+dht_prefix = "tiny-test"
+public_api = false
+[families.models.frontend]
+name = "Tiny private (### format)"
+[families.models.chat]
+max_session_length = 2048
+sep_token = "###"
+stop_token = "###"
+extra_stop_sequences = ["</s>"]
+system_prompt = "A chat."
+"""
+
+
+def write_registry(folder: Path, model_path: Path) -> Path:
+    path = folder / "models.toml"
+    path.write_text(REGISTRY_TEMPLATE.format(path=model_path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def test_registry(tmp_path_factory, tiny_model) -> Path:
+    return write_registry(tmp_path_factory.mktemp("registry"), tiny_model)
+
+
+@dataclass
+class LiveServer:
+    url: str
+    ws_url: str
+    process: subprocess.Popen
+    log: Path
+
+    def metrics_value(self, name: str) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = urllib.request.urlopen(self.url + "/metrics", timeout=10).read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name:
+                    return sample.value
+        raise KeyError(name)
+
+    def open_sessions(self) -> float:
+        return self.metrics_value("petals_chat_sessions_open")
+
+
+def free_port() -> int:
+    from backend.swarm.launcher import free_port as _free
+
+    return _free()
+
+
+def start_backend(tmp: Path, env_extra: dict[str, str], timeout: float = 180) -> LiveServer:
+    port = free_port()
+    log = tmp / "backend.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "PETALS_CHAT_HOST": "127.0.0.1", "PETALS_CHAT_PORT": str(port),
+           "PETALS_CHAT_DTYPE": "float32", "PETALS_CHAT_DEVICE": "cpu", **env_extra}
+    process = subprocess.Popen([sys.executable, "-m", "backend"], cwd=REPO, env=env,
+                               stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"backend exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if urllib.request.urlopen(url + "/healthz", timeout=2).status == 200:
+                return LiveServer(url=url, ws_url=f"ws://127.0.0.1:{port}", process=process, log=log)
+        except Exception:
+            pass
+        time.sleep(0.3)
+    process.kill()
+    raise RuntimeError(f"backend did not become healthy in {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def stop_backend(server: LiveServer) -> None:
+    import signal
+
+    try:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        server.process.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        os.killpg(server.process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory, swarm, test_registry):
+    tmp = tmp_path_factory.mktemp("backend")
+    server = start_backend(tmp, {
+        "PETALS_CHAT_INITIAL_PEERS": " ".join(swarm.initial_peers),
+        "PETALS_CHAT_MODELS": str(test_registry),
+        "PETALS_CHAT_FRONTEND_DIR": str(REPO / "frontend" / "dist"),
+        "PETALS_CHAT_STEP_TIMEOUT": "20",
+        "PETALS_CHAT_MAX_SESSIONS_PER_CLIENT": "64",
+    })
+    yield server
+    stop_backend(server)
+    print(server.log.read_text()[-3000:])
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_model):
+    """Plain transformers on the same weights: the ground truth for greedy outputs."""
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_model)
+    model = transformers.LlamaForCausalLM.from_pretrained(tiny_model, torch_dtype=torch.float32).eval()
+
+    class Reference:
+        def greedy_ids(self, prompt_ids: list[int], max_new_tokens: int, eos: bool = True) -> list[int]:
+            with torch.inference_mode():
+                inputs = torch.tensor([prompt_ids])
+                # an explicit mask: the prompt may contain the pad token (<|im_end|>), which must not be masked
+                out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new_tokens,
+                                     do_sample=False,
+                                     eos_token_id=tokenizer.eos_token_id if eos else None,
+                                     pad_token_id=tokenizer.eos_token_id)
+            return out[0, len(prompt_ids):].tolist()
+
+        def encode(self, text: str) -> list[int]:
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        def decode(self, ids: list[int]) -> str:
+            return tokenizer.decode(ids)
+
+    Reference.tokenizer = tokenizer
+    return Reference()
