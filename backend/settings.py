@@ -62,6 +62,9 @@ class Settings:
                                 "(0: retry forever, as Petals does by default).", minimum=0)
     cors_origins: list[str] = _setting(["*"], "Origins allowed by CORS for the HTTP APIs, space- or comma-separated "
                                        "('*' for any, as the original public API).")
+    api_keys: list[str] = _setting([], "API keys, space- or comma-separated. When set, /v1/* and /api/v1/generate "
+                                   "require 'Authorization: Bearer KEY' (the app's own page is exempt).")
+    log_prompts: bool = _setting(False, "Log prompt and answer text (off: request logs carry no user text).")
     max_sessions: int = _setting(128, "Maximum open inference sessions (socket and HTTP together).", minimum=1)
     max_sessions_per_client: int = _setting(16, "Maximum open inference sessions per client address.", minimum=1)
     max_concurrent_generations: int = _setting(
