@@ -229,13 +229,17 @@ class PetalsEngine:
             loaded = self._loaded.get(key)
             if loaded is not None:
                 try:
+                    from petals.data_structures import ServerState
+                    from petals.utils.dht import get_remote_module_infos
+
                     manager = loaded.model.transformer.h.sequence_manager
-                    manager.update(wait=True)
-                    infos = manager.state.block_infos
-                    peers = {peer for info in infos for peer in (info.servers if info else {})}
-                    covered = sum(1 for info in infos if info and info.servers)
-                    entry.update(servers=len(peers), blocks_served=covered, blocks_total=len(infos),
-                                 swarm_ok=covered == len(infos))
+                    infos = get_remote_module_infos(manager.dht, manager.block_uids, latest=True,
+                                                    return_future=True).result(timeout=10)
+                    online = [{peer for peer, server in (info.servers if info else {}).items()
+                               if server.state == ServerState.ONLINE} for info in infos]
+                    covered = sum(1 for peers in online if peers)
+                    entry.update(servers=len(set().union(*online)), blocks_served=covered,
+                                 blocks_total=len(infos), swarm_ok=covered == len(infos))
                 except Exception as e:
                     entry.update(swarm_ok=False, error=f"{type(e).__name__}: {e}".splitlines()[0])
             out[key] = entry
@@ -281,7 +285,10 @@ class PetalsEngine:
         if len(ids) != 1:
             raise BadRequest(f"{text!r} is not exactly one token")
         if session.inner.output_ids is not None:
-            session.inner.output_ids[0, -1] = ids[0]
+            import torch
+
+            with torch.inference_mode():  # output_ids is an inference tensor
+                session.inner.output_ids[0, -1] = ids[0]
 
     # ---------------------------------------------------------------- generation
     async def stream(self, session: PetalsSession, inputs: str | None, params: SamplingParams, *,

@@ -112,6 +112,8 @@ class Conversation:
         pending, pending_tokens = "", 0
         started = last = time.perf_counter()
         first = True
+        last_round: Round | None = None
+        rewind = False
         stream = engine.stream(self.session, req.inputs, req.sampling, max_new_tokens=budget, stop_sequences=stops)
         async with contextlib.aclosing(stream):
             async for chunk in stream:
@@ -124,19 +126,23 @@ class Conversation:
                 pending += chunk.text
                 pending_tokens += chunk.tokens
                 final = chunk.finish_reason is not None
-                if final and req.stop_sequence and chunk.matched_stop in req.extra_stop_sequences:
-                    engine.replace_last_token(self.session, req.stop_sequence)  # the rewind
+                rewind = final and bool(req.stop_sequence) and chunk.matched_stop in req.extra_stop_sequences
                 if until_stop and chunk.finish_reason == "length":
                     if pending:
                         yield Round(pending, False, pending_tokens)
                     raise LengthExceeded(f"{MAX_LENGTH_EXCEEDED}: the session's max_length of "
                                          f"{self.session.max_length} tokens ran out before a stop sequence")
                 if final:
-                    yield Round(pending, True, pending_tokens, chunk.finish_reason)
-                    return
+                    last_round = Round(pending, True, pending_tokens, chunk.finish_reason)
+                    break
                 if round_tokens and pending_tokens >= round_tokens and not chunk.held:
                     yield Round(pending, False, pending_tokens)
                     pending, pending_tokens = "", 0
+        # The stream is closed: the worker's generate() has returned and stored the session's tokens.
+        if rewind:
+            engine.replace_last_token(self.session, req.stop_sequence)  # the rewind
+        if last_round is not None:
+            yield last_round
 
 
 class GenerationService:

@@ -1,0 +1,68 @@
+# Petals Chat. The two commands a newcomer needs: `make run` and `make test`.
+# Every target installs what it needs first, and only what is missing.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 5000
+EMBEDDED := models/SmolLM2-135M-Instruct/.verified
+FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.config.ts frontend/public -type f 2>/dev/null)
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install run dev test test-backend test-frontend lint bench bench-quick model frontend clean
+
+## install: Python venv with the pinned set, the web app's bundle, the embedded model
+install: $(VENV)/.installed frontend/dist/index.html $(EMBEDDED)
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --no-deps -r requirements.txt
+	$(PY) -c "import backend.compat as c; c.import_petals(); import quart, hypercorn, gguf"
+	@touch $@
+
+frontend/node_modules/.package-lock.json: frontend/package-lock.json
+	cd frontend && npm ci --no-audit --no-fund
+
+frontend/dist/index.html: frontend/node_modules/.package-lock.json $(FRONTEND_SOURCES)
+	cd frontend && npm run build
+
+frontend: frontend/dist/index.html
+
+## model: download and convert the embedded model (SmolLM2-135M-Instruct) into models/
+model: $(EMBEDDED)
+
+$(EMBEDDED): | $(VENV)/.installed
+	$(PY) -m backend model prepare
+
+## run: the app on http://$(HOST):$(PORT), with its own local Petals swarm unless PETALS_CHAT_INITIAL_PEERS is set
+run: install
+	PETALS_CHAT_HOST=$(HOST) PETALS_CHAT_PORT=$(PORT) exec $(PY) -m backend
+
+## dev: the backend plus Vite's dev server with hot reload (proxies /api to the backend)
+dev: install
+	@trap 'kill 0' EXIT; \
+	PETALS_CHAT_HOST=$(HOST) PETALS_CHAT_PORT=$(PORT) $(PY) -m backend & \
+	cd frontend && BACKEND_URL=http://$(HOST):$(PORT) npm run dev
+
+## test: the whole suite (Python unit + integration on a real local swarm, Vitest, browser end-to-end)
+test: install
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed frontend/node_modules/.package-lock.json
+	$(PY) -m ruff check backend tests bench
+	cd frontend && npm run check
+
+## bench: the benchmark on the embedded model (results in bench/results, chart and README table)
+bench: install
+	$(PY) -m bench
+
+bench-quick: install
+	$(PY) -m bench --tiny --quick
+
+clean:
+	rm -rf $(VENV) frontend/node_modules frontend/dist .pytest_cache

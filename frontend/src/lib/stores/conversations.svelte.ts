@@ -1,0 +1,151 @@
+import type { ChatMessage, Conversation } from '../types/chat';
+import { newId } from '../util/ids';
+import { readJson, type KeyValueStorage } from '../util/storage';
+
+const STORAGE_KEY = 'petals-chat:conversations:v1';
+const TITLE_LENGTH = 48;
+export const UNTITLED = 'New chat';
+
+interface Persisted {
+  activeId: string | null;
+  conversations: Conversation[];
+}
+
+function titleFrom(text: string): string {
+  const line = text.replace(/\s+/g, ' ').trim();
+  if (!line) return UNTITLED;
+  return line.length > TITLE_LENGTH ? `${line.slice(0, TITLE_LENGTH - 1)}…` : line;
+}
+
+function isConversation(value: unknown): value is Conversation {
+  const c = value as Conversation;
+  return (
+    typeof c === 'object' &&
+    c !== null &&
+    typeof c.id === 'string' &&
+    typeof c.model === 'string' &&
+    Array.isArray(c.messages)
+  );
+}
+
+/** Dialogues kept in the browser (localStorage): list, switch, rename, delete, new. */
+export class ConversationsStore {
+  list = $state<Conversation[]>([]);
+  activeId = $state<string | null>(null);
+
+  readonly active: Conversation | null = $derived(this.list.find((c) => c.id === this.activeId) ?? null);
+  readonly sorted: Conversation[] = $derived([...this.list].sort((a, b) => b.updatedAt - a.updatedAt));
+
+  readonly #storage: KeyValueStorage;
+  readonly #now: () => number;
+
+  constructor(storage: KeyValueStorage, now: () => number = Date.now) {
+    this.#storage = storage;
+    this.#now = now;
+    const saved = readJson<Persisted>(storage, STORAGE_KEY);
+    if (saved && Array.isArray(saved.conversations)) {
+      this.list = saved.conversations.filter(isConversation).map((c) => ({
+        ...c,
+        title: typeof c.title === 'string' ? c.title : UNTITLED,
+        customTitle: c.customTitle === true,
+        // An answer that was streaming when the page went away is over.
+        messages: c.messages.map((m) => (m.state === 'streaming' ? { ...m, state: 'stopped' as const } : m)),
+      }));
+      this.activeId = this.list.some((c) => c.id === saved.activeId) ? saved.activeId : null;
+    }
+  }
+
+  create(model: string): Conversation {
+    const now = this.#now();
+    this.list.push({
+      id: newId(),
+      title: UNTITLED,
+      customTitle: false,
+      model,
+      createdAt: now,
+      updatedAt: now,
+      messages: [],
+    });
+    const created = this.list[this.list.length - 1] as Conversation; // the reactive proxy
+    this.activeId = created.id;
+    this.save();
+    return created;
+  }
+
+  get(id: string): Conversation | undefined {
+    return this.list.find((c) => c.id === id);
+  }
+
+  select(id: string | null): void {
+    if (id === null || this.get(id)) {
+      this.activeId = id;
+      this.save();
+    }
+  }
+
+  rename(id: string, title: string): void {
+    const conversation = this.get(id);
+    if (!conversation) return;
+    const clean = title.replace(/\s+/g, ' ').trim();
+    conversation.title = clean || titleFrom(conversation.messages[0]?.content ?? '');
+    conversation.customTitle = clean !== '';
+    this.save();
+  }
+
+  remove(id: string): void {
+    this.list = this.list.filter((c) => c.id !== id);
+    if (this.activeId === id) this.activeId = this.sorted[0]?.id ?? null;
+    this.save();
+  }
+
+  setModel(id: string, model: string): void {
+    const conversation = this.get(id);
+    if (conversation) {
+      conversation.model = model;
+      this.save();
+    }
+  }
+
+  /** Appends a message and returns its reactive proxy (mutate it to stream text in). */
+  addMessage(id: string, message: Omit<ChatMessage, 'id'>): ChatMessage {
+    const conversation = this.get(id);
+    if (!conversation) throw new Error(`No conversation ${id}`);
+    conversation.messages.push({ id: newId(), ...message });
+    conversation.updatedAt = this.#now();
+    if (!conversation.customTitle && message.role === 'user' && conversation.messages.length === 1) {
+      conversation.title = titleFrom(message.content);
+    }
+    this.save();
+    return conversation.messages[conversation.messages.length - 1] as ChatMessage;
+  }
+
+  /** Replaces a message's text (an edited user message). */
+  editMessage(id: string, index: number, content: string): void {
+    const conversation = this.get(id);
+    const message = conversation?.messages[index];
+    if (!conversation || !message) return;
+    message.content = content;
+    if (index === 0 && !conversation.customTitle) conversation.title = titleFrom(content);
+    conversation.updatedAt = this.#now();
+    this.save();
+  }
+
+  /** Drops the messages from index `from` on (edit / regenerate). */
+  truncate(id: string, from: number): void {
+    const conversation = this.get(id);
+    if (!conversation) return;
+    conversation.messages.splice(from);
+    conversation.updatedAt = this.#now();
+    this.save();
+  }
+
+  touch(id: string): void {
+    const conversation = this.get(id);
+    if (conversation) conversation.updatedAt = this.#now();
+  }
+
+  save(): void {
+    const data: Persisted = { activeId: this.activeId, conversations: $state.snapshot(this.list) };
+    this.#storage.set(STORAGE_KEY, JSON.stringify(data));
+  }
+}

@@ -1,0 +1,271 @@
+import { describe, expect, it } from 'vitest';
+import { FakeServer, tokens, type Handler } from '../api/fakeSocket.testutil';
+import type { ModelsResponse } from '../types/protocol';
+import { MemoryStorage } from '../util/storage';
+import { createAppState } from './appState';
+import { ConnectionStore } from './connection.svelte';
+import { ConversationsStore } from './conversations.svelte';
+import { SettingsStore } from './settings.svelte';
+
+const CHATML =
+  "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+const REGISTRY: ModelsResponse = {
+  default: 'smol',
+  models: [
+    {
+      key: 'smol',
+      aliases: ['smol-alias'],
+      family: 'SmolLM2',
+      name: 'SmolLM2 tiny',
+      model_card: 'https://example.org/card',
+      license: 'https://example.org/license',
+      public_api: true,
+      ready: true,
+      chat: {
+        max_session_length: 2048,
+        sep_token: '',
+        stop_token: '<|im_end|>',
+        extra_stop_sequences: [],
+        generation_params: { do_sample: 1, temperature: 0.2, top_p: 0.9, max_new_tokens: 64 },
+        use_chat_template: true,
+        chat_template: CHATML,
+        system_prompt: 'Be nice.',
+      },
+    },
+    {
+      key: 'legacy',
+      aliases: [],
+      family: 'Old',
+      name: 'Legacy',
+      model_card: '',
+      license: '',
+      public_api: true,
+      ready: true,
+      chat: {
+        max_session_length: 8192,
+        sep_token: '###',
+        stop_token: '###',
+        extra_stop_sequences: ['</s>'],
+        generation_params: { do_sample: 1, temperature: 0.6, top_p: 0.9 },
+        use_chat_template: false,
+        chat_template: null,
+        system_prompt: 'A chat.',
+      },
+    },
+  ],
+};
+
+const fakeFetch = async () => new Response(JSON.stringify(REGISTRY), { status: 200 });
+
+function setup(handler: Handler, storage = new MemoryStorage()) {
+  const server = new FakeServer(handler);
+  const app = createAppState({ storage, fetch: fakeFetch, socketUrl: 'ws://t/api/v2/generate', createSocket: server.factory });
+  return { app, server, storage };
+}
+
+const echo: Handler = (request) =>
+  request.type === 'open_inference_session' ? [{ ok: true }] : tokens('Hi', ' there', '<|im_end|>');
+
+describe('ChatController', () => {
+  it('sends a turn rendered with the chat template and streams the answer in', async () => {
+    const { app, server } = setup(echo);
+    await app.models.load();
+    app.chat.initModel();
+    expect(app.chat.selectedModel).toBe('smol');
+
+    await app.chat.send('Hello');
+    const conversation = app.conversations.active!;
+    expect(conversation.title).toBe('Hello');
+    expect(conversation.messages.map((m) => [m.role, m.content, m.state])).toEqual([
+      ['user', 'Hello', 'done'],
+      ['assistant', 'Hi there', 'done'],
+    ]);
+    expect(server.generates()[0]).toMatchObject({
+      inputs: '<|im_start|>system\nBe nice.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n',
+      stop_sequence: '<|im_end|>',
+      temperature: 0.2,
+      max_new_tokens: 1,
+    });
+
+    await app.chat.send('Again');
+    // Only the new suffix goes over the same socket.
+    expect(server.sockets).toHaveLength(1);
+    expect(server.generates()[1]!.inputs).toBe('\n<|im_start|>user\nAgain<|im_end|>\n<|im_start|>assistant\n');
+  });
+
+  it('keeps conversations across a reload', async () => {
+    const { app, storage } = setup(echo);
+    await app.models.load();
+    app.chat.initModel();
+    await app.chat.send('Remember me');
+
+    const reloaded = setup(echo, storage).app;
+    expect(reloaded.conversations.list).toHaveLength(1);
+    expect(reloaded.conversations.active?.messages.map((m) => m.content)).toEqual(['Remember me', 'Hi there']);
+  });
+
+  it('switching model starts a new dialogue', async () => {
+    const { app, server } = setup(echo);
+    await app.models.load();
+    app.chat.initModel();
+    await app.chat.send('One');
+    const first = app.conversations.activeId;
+    await app.chat.selectModel('legacy');
+    expect(app.conversations.activeId).not.toBe(first);
+    expect(app.conversations.active?.model).toBe('legacy');
+    expect(app.conversations.active?.messages).toEqual([]);
+    server.handler = (r) => (r.type === 'open_inference_session' ? [{ ok: true }] : tokens(' ok', '###'));
+    await app.chat.send('Two');
+    expect(server.generates().at(-1)!.inputs).toBe('A chat.###Human: Two###Assistant:');
+    expect(server.opens().at(-1)!.model).toBe('legacy');
+  });
+
+  it('shows out-of-capacity errors and retry answers again', async () => {
+    let fail = true;
+    const { app } = setup((request) => {
+      if (request.type === 'open_inference_session') return [{ ok: true }];
+      if (fail) {
+        fail = false;
+        return [{ ok: false, traceback: 'attention cache is full' }];
+      }
+      return tokens('Fine', '<|im_end|>');
+    });
+    await app.models.load();
+    app.chat.initModel();
+    await app.chat.send('Q');
+    expect(app.connection.error?.kind).toBe('capacity');
+    expect(app.connection.state).toBe('error');
+    expect(app.conversations.active?.messages).toHaveLength(1);
+
+    await app.chat.retry();
+    expect(app.connection.error).toBeNull();
+    expect(app.conversations.active?.messages.at(-1)?.content).toBe('Fine');
+  });
+
+  it('stop keeps the partial answer; the next turn resends the whole context', async () => {
+    const { app, server } = setup((request) =>
+      request.type === 'open_inference_session'
+        ? [{ ok: true }]
+        : Array.from({ length: 40 }, () => ({ ok: true, outputs: 'x', stop: false, token_count: 1 })),
+    );
+    await app.models.load();
+    app.chat.initModel();
+    const pending = app.chat.send('Long one');
+    await new Promise((r) => setTimeout(r, 15));
+    app.chat.stop();
+    await pending;
+    const answer = app.conversations.active!.messages[1]!;
+    expect(answer.state).toBe('stopped');
+    expect(answer.content.length).toBeGreaterThan(0);
+    expect(app.chat.running).toBe(false);
+
+    server.handler = echo;
+    await app.chat.send('Next');
+    expect(server.sockets).toHaveLength(2);
+    expect(server.generates().at(-1)!.inputs).toContain('<|im_start|>user\nLong one');
+    expect(app.conversations.active!.messages.at(-1)!.content).toBe('Hi there');
+  });
+
+  it('regenerates the last answer and edits a previous message', async () => {
+    let n = 0;
+    const { app, server } = setup((request) => {
+      if (request.type === 'open_inference_session') return [{ ok: true }];
+      n++;
+      return tokens(`A${n}`, '<|im_end|>');
+    });
+    await app.models.load();
+    app.chat.initModel();
+    await app.chat.send('first');
+    await app.chat.send('second');
+    await app.chat.regenerate();
+    const messages = () => app.conversations.active!.messages.map((m) => m.content);
+    expect(messages()).toEqual(['first', 'A1', 'second', 'A3']);
+
+    const firstId = app.conversations.active!.messages[0]!.id;
+    await app.chat.editAndResend(firstId, 'edited');
+    expect(messages()).toEqual(['edited', 'A4']);
+    expect(app.conversations.active!.title).toBe('edited');
+    expect(server.generates().at(-1)!.inputs).toContain('<|im_start|>user\nedited<|im_end|>');
+  });
+
+  it('uses the settings overrides and the model defaults', async () => {
+    const { app, server } = setup(echo);
+    await app.models.load();
+    app.chat.initModel();
+    app.settings.setParam('temperature', 0.9);
+    app.settings.setParam('top_k', 40);
+    app.settings.setSystemPrompt('Custom');
+    await app.chat.send('x');
+    expect(server.generates()[0]).toMatchObject({ temperature: 0.9, top_k: 40, top_p: 0.9 });
+    expect(server.generates()[0]!.inputs).toContain('system\nCustom');
+  });
+});
+
+describe('ConversationsStore', () => {
+  it('creates, renames, deletes and orders by last activity', () => {
+    let t = 0;
+    const store = new ConversationsStore(new MemoryStorage(), () => ++t);
+    const a = store.create('m');
+    const b = store.create('m');
+    expect(store.activeId).toBe(b.id);
+    store.addMessage(a.id, { role: 'user', content: 'hello   world', state: 'done' });
+    expect(store.sorted[0]!.id).toBe(a.id);
+    expect(store.get(a.id)!.title).toBe('hello world');
+    store.rename(a.id, '  My chat ');
+    expect(store.get(a.id)!.title).toBe('My chat');
+    store.remove(b.id);
+    expect(store.list.map((c) => c.id)).toEqual([a.id]);
+    expect(store.activeId).toBe(a.id);
+  });
+
+  it('marks an answer that was streaming at reload as stopped and ignores garbage', () => {
+    const storage = new MemoryStorage();
+    storage.set(
+      'petals-chat:conversations:v1',
+      JSON.stringify({
+        activeId: 'c1',
+        conversations: [
+          { id: 'c1', title: 't', model: 'm', createdAt: 1, updatedAt: 1, messages: [{ id: 'x', role: 'assistant', content: 'par', state: 'streaming' }] },
+          { nonsense: true },
+        ],
+      }),
+    );
+    const store = new ConversationsStore(storage);
+    expect(store.list).toHaveLength(1);
+    expect(store.active?.messages[0]?.state).toBe('stopped');
+    expect(new ConversationsStore(Object.assign(new MemoryStorage(), {})).list).toEqual([]);
+  });
+});
+
+describe('SettingsStore', () => {
+  it('falls back to the model defaults and persists overrides', () => {
+    const storage = new MemoryStorage();
+    const settings = new SettingsStore(storage);
+    const model = REGISTRY.models[0]!;
+    expect(settings.effectiveParams(model)).toEqual({
+      sampling: { do_sample: 1, temperature: 0.2, top_p: 0.9 },
+      maxNewTokens: 64,
+    });
+    settings.setParam('max_new_tokens', 10);
+    settings.setTheme('dark');
+    const again = new SettingsStore(storage);
+    expect(again.effectiveParams(model).maxNewTokens).toBe(10);
+    expect(again.theme).toBe('dark');
+    again.resetToDefaults();
+    expect(again.effectiveParams(model).maxNewTokens).toBe(64);
+    expect(again.effectiveSystemPrompt(model)).toBe('Be nice.');
+  });
+});
+
+describe('ConnectionStore', () => {
+  it('computes tokens per second from the first token on', () => {
+    let now = 0;
+    const store = new ConnectionStore(() => now);
+    store.beginAnswer();
+    store.recordTokens(1);
+    now = 1000;
+    store.recordTokens(11);
+    expect(store.tokensPerSecond).toBe(10);
+  });
+});

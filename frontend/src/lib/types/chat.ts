@@ -1,0 +1,27 @@
+/** The browser-side model of dialogues (what the conversations store keeps). */
+
+export type MessageState = 'streaming' | 'done' | 'stopped' | 'error';
+
+export interface ChatMessage {
+  id: string;
+  role: 'user' | 'assistant';
+  /** For answers: the text exactly as generated (it is sent back verbatim in later prompts). */
+  content: string;
+  state: MessageState;
+  tokenCount?: number;
+}
+
+export interface Conversation {
+  id: string;
+  title: string;
+  /** Whether the user renamed it (otherwise the title follows the first message). */
+  customTitle: boolean;
+  model: string;
+  createdAt: number;
+  updatedAt: number;
+  messages: ChatMessage[];
+}
+
+export type ThemePreference = 'system' | 'light' | 'dark';
+
+export type ConnectionState = 'idle' | 'connecting' | 'generating' | 'reconnecting' | 'error';

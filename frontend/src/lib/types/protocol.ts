@@ -1,0 +1,130 @@
+/**
+ * The wire format of the backend, defined once.
+ *
+ * WebSocket `/api/v2/generate`: JSON text frames, one request or response per frame.
+ * HTTP `GET /api/v1/models`: the model registry.
+ */
+
+// ---- Requests (client -> server) ----
+
+export interface OpenSessionRequest {
+  type: 'open_inference_session';
+  /** A model key or one of its aliases. */
+  model: string;
+  /** The session's total token budget: prefix, inputs and generated tokens together. */
+  max_length: number;
+}
+
+/** Sampling parameters accepted by `generate` (and the HTTP API). */
+export interface SamplingParams {
+  do_sample?: 0 | 1 | boolean;
+  temperature?: number;
+  top_k?: number;
+  top_p?: number;
+  repetition_penalty?: number;
+}
+
+export interface GenerateRequest extends SamplingParams {
+  type: 'generate';
+  /** New text appended to the session's context; omitted: continue where the session is. */
+  inputs?: string;
+  max_new_tokens?: number;
+  max_length?: number;
+  stop_sequence?: string;
+  extra_stop_sequences?: string[];
+}
+
+export type ClientRequest = OpenSessionRequest | GenerateRequest;
+
+// ---- Responses (server -> client) ----
+
+/** Answer to `open_inference_session`. */
+export interface AckResponse {
+  ok: true;
+}
+
+/** One round of generated text (`stop: false`) or the last one (`stop: true`). */
+export interface OutputResponse {
+  ok: true;
+  outputs: string;
+  stop: boolean;
+  token_count?: number;
+}
+
+export interface ErrorResponse {
+  ok: false;
+  traceback: string;
+}
+
+export type ServerResponse = AckResponse | OutputResponse | ErrorResponse;
+
+/** The same responses as a tagged union that is convenient to switch over. */
+export type ServerEvent =
+  | { kind: 'ack' }
+  | { kind: 'output'; text: string; stop: boolean; tokenCount: number }
+  | { kind: 'error'; traceback: string };
+
+export class ProtocolError extends Error {
+  override name = 'ProtocolError';
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** Parses and validates one text frame from the server. Throws ProtocolError on garbage. */
+export function parseServerFrame(data: unknown): ServerEvent {
+  if (typeof data !== 'string') throw new ProtocolError('Expected a text frame');
+  let value: unknown;
+  try {
+    value = JSON.parse(data);
+  } catch {
+    throw new ProtocolError('A frame is not valid JSON');
+  }
+  if (!isRecord(value) || typeof value.ok !== 'boolean') {
+    throw new ProtocolError('A frame has no "ok" field');
+  }
+  if (!value.ok) {
+    const traceback = typeof value.traceback === 'string' ? value.traceback : 'Unknown error';
+    return { kind: 'error', traceback };
+  }
+  if (!('outputs' in value)) return { kind: 'ack' };
+  if (typeof value.outputs !== 'string') throw new ProtocolError('"outputs" is not a string');
+  const tokenCount = typeof value.token_count === 'number' ? value.token_count : 0;
+  return { kind: 'output', text: value.outputs, stop: value.stop === true, tokenCount };
+}
+
+// ---- HTTP: GET /api/v1/models ----
+
+export interface GenerationParams extends SamplingParams {
+  max_new_tokens?: number;
+  [other: string]: unknown;
+}
+
+export interface ChatSettings {
+  max_session_length: number;
+  sep_token: string;
+  stop_token: string;
+  extra_stop_sequences: string[];
+  generation_params: GenerationParams;
+  use_chat_template: boolean;
+  chat_template: string | null;
+  system_prompt: string;
+}
+
+export interface ModelInfo {
+  key: string;
+  aliases: string[];
+  family: string;
+  name: string;
+  model_card: string;
+  license: string;
+  public_api: boolean;
+  ready: boolean;
+  chat: ChatSettings;
+}
+
+export interface ModelsResponse {
+  default: string;
+  models: ModelInfo[];
+}
