@@ -73,7 +73,8 @@ def serve(settings: Settings) -> int:
         config = Config()
         config.bind = [f"{settings.host}:{settings.port}"]
         config.accesslog = None
-        config.graceful_timeout = 10
+        config.graceful_timeout = settings.graceful_timeout
+        config.websocket_max_message_size = settings.max_ws_message_bytes
         print(f"Petals Chat is running at http://{settings.host}:{settings.port} (Ctrl-C to stop)", flush=True)
         asyncio.run(hypercorn.asyncio.serve(app, config))
     except KeyboardInterrupt:
@@ -81,5 +82,24 @@ def serve(settings: Settings) -> int:
     finally:
         if swarm is not None:
             print("Stopping the embedded swarm...", flush=True)
-            swarm.stop()
+            swarm.stop(grace=5)
+        reap_children()
     return 0
+
+
+def reap_children(timeout: float = 5.0) -> None:
+    """End every process this one started and that is still running (DHT workers, p2pd, helpers)."""
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
