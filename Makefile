@@ -13,7 +13,7 @@ FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run dev test test-backend test-frontend lint bench bench-quick model frontend clean
+.PHONY: install run dev test lint bench bench-quick model frontend screenshots clean
 
 ## install: Python venv with the pinned set, the web app's bundle, the embedded model
 install: $(VENV)/.installed frontend/dist/index.html $(EMBEDDED)
@@ -63,6 +63,13 @@ bench: install
 
 bench-quick: install
 	$(PY) -m bench --tiny --quick
+
+## screenshots: README pictures of the app answering with the embedded model (needs Chromium)
+screenshots: install
+	@PETALS_CHAT_PORT=5099 $(PY) -m backend > /tmp/petals-chat-screenshots.log 2>&1 & pid=$$!; \
+	trap 'kill -INT $$pid; wait $$pid' EXIT; \
+	for i in $$(seq 120); do curl -sf http://127.0.0.1:5099/healthz >/dev/null && break; sleep 1; done; \
+	cd frontend && BASE_URL=http://127.0.0.1:5099 node scripts/screenshots.mjs
 
 clean:
 	rm -rf $(VENV) frontend/node_modules frontend/dist .pytest_cache

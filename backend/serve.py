@@ -68,6 +68,9 @@ def serve(settings: Settings) -> int:
         else:
             print("The embedded model is not prepared (python -m backend model prepare): "
                   "connecting to the public swarm.", flush=True)
+    if not (settings.frontend_dir / "index.html").is_file():
+        print(f"Note: the web app is not built ({settings.frontend_dir} has no index.html): the APIs work, the page "
+              "asks you to run `make install`.", flush=True)
     try:
         app = create_app(settings, embedded_swarm=embedded)
         config = Config()
