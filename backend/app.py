@@ -13,15 +13,18 @@ import logging
 import time
 import uuid
 
-from quart import Quart, g, request
+from quart import Blueprint, Quart, g, request
 from quart_cors import cors
 
+from .openai import routes as openai_routes
+from .openapi import blueprint as openapi_blueprint
 from .registry import load_registry
-from .routes import http_api, ops, static, websocket_api
+from .routes import http_api, http_errors, ops, static, websocket_api
 from .routes.common import EXTENSION, AppState
 from .services.generation import GenerationService
 from .services.limits import SessionLimiter
 from .services.metrics import Metrics
+from .services.shutdown import ShutdownWatch
 from .settings import Settings
 
 logger = logging.getLogger("backend")
@@ -44,14 +47,19 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
         registry = dataclasses.replace(registry, default=spec.key)
 
     app = Quart("backend", static_folder=None)
-    app.config["MAX_CONTENT_LENGTH"] = 4 * 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["PETALS_CHAT_DEBUG"] = settings.debug
     app_state = AppState(settings=settings, metrics=Metrics(), registry=registry)
     app.extensions[EXTENSION] = app_state
 
-    for blueprint in (http_api.blueprint, ops.blueprint):
-        app.register_blueprint(cors(blueprint, allow_origin=_cors_origins(settings)))
+    # The HTTP APIs get CORS through a parent blueprint made per app (so create_app can run twice).
+    http_apis = Blueprint("http", __name__)
+    for blueprint in (http_api.blueprint, ops.blueprint, openai_routes.blueprint, openapi_blueprint):
+        http_apis.register_blueprint(blueprint)
+    app.register_blueprint(cors(http_apis, allow_origin=_cors_origins(settings)))
     app.register_blueprint(websocket_api.blueprint)
     app.register_blueprint(static.blueprint)
+    http_errors.register(app)
 
     @app.before_serving
     async def start_engine() -> None:
@@ -62,16 +70,22 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
             engine = PetalsEngine(list(registry.models), initial_peers=settings.initial_peers,
                                   device=settings.device, dtype=settings.dtype,
                                   request_timeout=settings.request_timeout, max_retries=settings.max_retries,
-                                  max_concurrent_generations=settings.max_concurrent_generations)
+                                  max_concurrent_generations=settings.max_concurrent_generations,
+                                  client_config=_client_config(settings))
         app_state.engine = engine
         app_state.service = GenerationService(
             engine, registry, SessionLimiter(settings.max_sessions, settings.max_sessions_per_client),
             app_state.metrics, max_new_tokens_limit=settings.max_new_tokens_limit,
-            max_input_chars=settings.max_input_chars)
+            max_input_chars=settings.max_input_chars, max_input_tokens=settings.max_input_tokens,
+            log_prompts=settings.log_prompts)
+        app_state.shutdown = ShutdownWatch(settings.graceful_timeout)
+        app_state.shutdown.install()
         app_state.loader = asyncio.get_running_loop().run_in_executor(None, _load, engine, app_state)
 
     @app.after_serving
     async def stop_engine() -> None:
+        if app_state.shutdown is not None:
+            app_state.shutdown.close()
         if app_state.engine is not None and hasattr(app_state.engine, "shutdown"):
             app_state.engine.shutdown()
 
@@ -95,6 +109,12 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
         return response
 
     return app
+
+
+def _client_config(settings: Settings) -> dict:
+    """Petals client options (its ClientConfig fields) taken from the settings."""
+    return {"min_backoff": settings.min_backoff, "max_backoff": settings.max_backoff,
+            "ban_timeout": settings.ban_timeout, "update_period": settings.update_period}
 
 
 def _cors_origins(settings: Settings):

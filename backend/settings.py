@@ -49,7 +49,6 @@ class Settings:
     models: Path = _setting(REPO_ROOT / "backend" / "models.toml", "Path of the model registry (TOML).")
     models_dir: Path = _setting(REPO_ROOT / "models", "Folder for prepared local models (the embedded model).")
     default_model: str = _setting("", "Key of the default model (empty: the registry's default).")
-    dht_prefix: str = _setting("", "DHT prefix of the swarm's model (empty: the registry's or Petals' default).")
     device: str = _setting("auto", "Device for embeddings and LM head: auto (cuda if available), cpu or cuda.",
                            choices=DEVICES)
     dtype: str = _setting("auto", "Client dtype policy: auto (GPU: model's dtype; CPU: bfloat16 with AVX-512, "
@@ -60,6 +59,14 @@ class Settings:
                                       minimum=0.1)
     max_retries: int = _setting(8, "Swarm retries for a failed step before the client gets an error "
                                 "(0: retry forever, as Petals does by default).", minimum=0)
+    min_backoff: float = _setting(1.0, "Seconds Petals waits before its second retry of a failed swarm step; the wait "
+                                  "doubles with each retry, up to max_backoff.", minimum=0.0)
+    max_backoff: float = _setting(15.0, "Longest wait between two retries of a failed swarm step, in seconds.",
+                                  minimum=0.0)
+    ban_timeout: float = _setting(15.0, "Seconds Petals avoids a server that failed a request (doubles while it keeps "
+                                  "failing).", minimum=0.0)
+    update_period: float = _setting(60.0, "Seconds between two refreshes of the swarm's server list from the DHT "
+                                    "(new and departed servers are noticed at this pace).", minimum=0.5)
     cors_origins: list[str] = _setting(["*"], "Origins allowed by CORS for the HTTP APIs, space- or comma-separated "
                                        "('*' for any, as the original public API).")
     api_keys: list[str] = _setting([], "API keys, space- or comma-separated. When set, /v1/* and /api/v1/generate "
@@ -71,6 +78,23 @@ class Settings:
         64, "Generations running at once (threads that drive the Petals client).", minimum=1)
     max_new_tokens_limit: int = _setting(4096, "Largest max_new_tokens a request may ask for.", minimum=1)
     max_input_chars: int = _setting(1_000_000, "Largest 'inputs' text a request may send, in characters.", minimum=1)
+    max_input_tokens: int = _setting(16384, "Largest 'inputs' a request may send, in tokens.", minimum=1)
+    max_session_seconds: float = _setting(
+        3600.0, "Longest a WebSocket connection may stay open, in seconds (generating or not); then it is told "
+        "why and closed.", minimum=1.0)
+    max_ws_message_bytes: int = _setting(
+        4 * 1024 * 1024, "Largest WebSocket message a client may send, in bytes (larger: closed with code 1009).",
+        minimum=1024)
+    max_body_bytes: int = _setting(4 * 1024 * 1024, "Largest HTTP request body, in bytes (larger: 413).", minimum=1024)
+    send_timeout: float = _setting(
+        30.0, "Seconds one WebSocket reply may wait for a slow client to read before the connection is dropped "
+        "(bounds the memory a slow reader can hold).", minimum=0.1)
+    max_queued_requests: int = _setting(
+        8, "WebSocket requests a client may send ahead while a generation runs; more and the connection is "
+        "closed (bounds the memory a flooding client can hold).", minimum=1)
+    graceful_timeout: float = _setting(
+        30.0, "On shutdown, seconds running generations get to finish before connections are closed; idle "
+        "sockets are told 'Server is shutting down' at once.", minimum=0.0)
     frontend_dir: Path = _setting(REPO_ROOT / "frontend" / "dist", "Folder of the built web app served at '/'.")
     embedded_blocks_servers: int = _setting(1, "Server processes of the embedded swarm (blocks split evenly).",
                                             minimum=1)

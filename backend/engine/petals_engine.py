@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from ..compat import import_petals
 from ..errors import (CACHE_FULL, MAX_LENGTH_EXCEEDED, BadRequest, Busy, LengthExceeded, NotReady, SwarmError,
                       UnknownModel)
 from ..registry import ModelSpec
+from . import petals_patches
 from .detokenizer import IncrementalDetokenizer
 from .device import resolve_device, resolve_dtype
 from .types import Chunk, ModelStatus, SamplingParams
@@ -117,8 +119,10 @@ class PetalsEngine:
 
     def __init__(self, specs: list[ModelSpec], *, initial_peers: list[str], device: str = "auto",
                  dtype: str = "auto", request_timeout: float = 180.0, max_retries: int = 8,
-                 max_concurrent_generations: int = 64):
+                 max_concurrent_generations: int = 64, client_config: dict[str, Any] | None = None):
         self._specs = {s.key: s for s in specs}
+        # Further Petals ClientConfig fields (min_backoff, max_backoff, ban_timeout, update_period, ...)
+        self._client_config = dict(client_config or {})
         self._initial_peers = list(initial_peers)
         self._device_policy = device
         self._dtype_policy = dtype
@@ -138,6 +142,7 @@ class PetalsEngine:
     def load(self, progress: Callable[[str], None] | None = None) -> None:
         """Load every model (blocking: call from a thread). Failures mark the model not ready."""
         import_petals()
+        petals_patches.apply()
         import torch
         from petals import AutoDistributedModelForCausalLM
         from transformers import AutoTokenizer
@@ -154,6 +159,7 @@ class PetalsEngine:
                                               torch_dtype=dtype,
                                               request_timeout=self._request_timeout,
                                               max_retries=self._max_retries or None)
+                kwargs.update(self._client_config)
                 if spec.dht_prefix:
                     kwargs["dht_prefix"] = spec.dht_prefix
                 if spec.adapter:
@@ -177,9 +183,18 @@ class PetalsEngine:
         del torch
 
     def shutdown(self) -> None:
+        """Close sessions and stop each model's DHT process and p2pd (nothing may outlive the app)."""
         for session in list(self._sessions):
             self._close_now(session)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        for loaded in self._loaded.values():
+            manager = loaded.model.transformer.h.sequence_manager
+            try:
+                manager.shutdown()
+                manager.dht.shutdown()
+            except Exception:
+                logger.debug("shutting down the DHT failed", exc_info=True)
+        self._loaded.clear()
 
     # ---------------------------------------------------------------- queries
     def status(self) -> dict[str, ModelStatus]:
@@ -367,5 +382,14 @@ def _translate(error: BaseException) -> Exception:
         return SwarmError(f"The swarm is out of capacity: {CACHE_FULL} ({text})")
     if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
         return SwarmError(f"The swarm did not answer in time: {text}")
+    if type(error).__name__ in ("ControlFailure", "P2PDaemonError") or "failed to dial" in text:
+        logger.warning("generation failed: %r", error)
+        return SwarmError("Swarm error: a server on the route could not be reached (it may have left the swarm); "
+                          "retry later")
+    if type(error).__name__ == "MissingBlocksError":  # its text carries links meant for the public swarm
+        logger.warning("generation failed: %s", text)
+        blocks = re.search(r"blocks (.+?) are online", text)
+        where = f" {blocks.group(1)}" if blocks else ""
+        return SwarmError(f"Swarm error: no server holding blocks{where} of the model is online; retry later")
     logger.warning("generation failed: %r", error, exc_info=error)
     return SwarmError(f"Swarm error: {type(error).__name__}: {text}")

@@ -29,6 +29,7 @@ class AppState:
     loading_error: str | None = None
     embedded_swarm: Any = None
     loader: Any = None  # the future of the model-loading thread
+    shutdown: Any = None  # a services.shutdown.ShutdownWatch once serving
 
 
 def state() -> AppState:

@@ -7,7 +7,7 @@ import typing
 from typing import Any
 
 from pydantic import BaseModel
-from quart import Request
+from quart import Request, current_app
 
 from ..errors import BadRequest
 
@@ -59,7 +59,11 @@ def coerce_strings(model: type[BaseModel], data: dict[str, str]) -> dict[str, An
 
 
 async def read_params(request: Request, model: type[BaseModel], max_bytes: int) -> dict[str, Any]:
-    """Merge query string, form fields and a JSON body (JSON wins) into typed values."""
+    """Merge query string, form fields and a JSON body (JSON wins) into typed values.
+
+    The body limit is the app's ``MAX_CONTENT_LENGTH`` (the ``max_body_bytes`` setting) when set, else ``max_bytes``.
+    """
+    max_bytes = current_app.config.get("MAX_CONTENT_LENGTH") or max_bytes
     if request.content_length is not None and request.content_length > max_bytes:
         from ..errors import TooLarge
 

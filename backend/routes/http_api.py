@@ -16,6 +16,7 @@ from .. import protocol
 from ..errors import ApiError, NotReady, SwarmError
 from ..services.generation import GenerateSpec
 from . import sse
+from .auth import require_api_key
 from .common import client_address, state
 from .forms import read_params
 
@@ -52,6 +53,7 @@ async def list_models():
 async def generate_http():
     app_state = state()
     try:
+        require_api_key(request)
         values = await read_params(request, protocol.HttpGenerateRequest, MAX_BODY_BYTES)
         req = protocol.parse(protocol.HttpGenerateRequest, values)
         service = app_state.service

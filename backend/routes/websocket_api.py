@@ -4,11 +4,20 @@ One connection holds at most one inference session. Every request gets an
 answer; a bad request gets ``{"ok": false, "traceback": ONE_LINE}`` and the
 connection stays usable. The session is closed when the connection ends,
 gracefully or not (Quart cancels this handler on disconnect).
+
+Bounds, so that no client can hold the server's memory or a session forever:
+requests are read by a pump into a small inbox (a client that sends more than
+``max_queued_requests`` ahead while a generation runs is disconnected); a reply
+that a client does not read within ``send_timeout`` drops the connection; a
+connection is closed after ``step_timeout`` idle seconds and after
+``max_session_seconds`` in all. On shutdown, idle sockets are told at once and
+generating ones when their generation ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import traceback
@@ -18,10 +27,22 @@ from quart import Blueprint, websocket
 from .. import protocol
 from ..errors import ApiError, BadRequest, NotReady, SwarmError
 from ..services.generation import Conversation, GenerateSpec
+from ..services.shutdown import SHUTDOWN, SHUTTING_DOWN
 from .common import client_address, is_own_origin, state
 
 logger = logging.getLogger(__name__)
 blueprint = Blueprint("websocket_api", __name__)
+
+_WAKE = object()  # put by the pump after it stopped reading (self.flood says why)
+
+
+class _Drop(Exception):
+    """End the connection now (after telling the client, when that is still possible)."""
+
+    def __init__(self, message: str | None, code: int = 1000):
+        super().__init__(message)
+        self.message = message
+        self.code = code
 
 
 def _decode(raw: str | bytes | None) -> dict:
@@ -36,75 +57,178 @@ def _decode(raw: str | bytes | None) -> dict:
     return data
 
 
-async def _send(payload: dict) -> None:
-    await websocket.send(json.dumps(payload, ensure_ascii=False))
+def _short(value, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters: errors never echo a client's long input back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _debug_suffix(settings) -> str:
     return "\n" + traceback.format_exc() if settings.debug else ""
 
 
+class _Connection:
+    def __init__(self) -> None:
+        self.app_state = state()
+        self.settings = self.app_state.settings
+        self.metrics = self.app_state.metrics
+        self.shutdown = self.app_state.shutdown
+        self.client = client_address(websocket)
+        self.own_origin = is_own_origin(websocket)
+        self.conversation: Conversation | None = None
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.flood: _Drop | None = None  # set by the pump: why the connection must end now
+        self.generation_timeout: asyncio.Timeout | None = None
+        loop = asyncio.get_running_loop()
+        self.deadline = loop.time() + self.settings.max_session_seconds
+
+    async def send(self, payload: dict) -> None:
+        """Send one reply; a client that does not read it in time is dropped."""
+        try:
+            await asyncio.wait_for(websocket.send(json.dumps(payload, ensure_ascii=False)),
+                                   self.settings.send_timeout)
+        except asyncio.TimeoutError:
+            raise _Drop(None, 1008) from None
+
+    async def pump(self) -> None:
+        """Read frames into the inbox; on a flood or an oversized message, stop reading and end the connection."""
+        settings = self.settings
+        while True:
+            raw = await websocket.receive()
+            size = len(raw) if raw is not None else 0
+            if size > settings.max_ws_message_bytes:
+                self.flood = _Drop(f"Message too large: {size} characters, limit {settings.max_ws_message_bytes} "
+                                   "bytes", 1009)
+            elif self.inbox.qsize() >= settings.max_queued_requests:
+                self.flood = _Drop(f"Too many requests: at most {settings.max_queued_requests} may wait while a "
+                                   "generation runs; closing the connection", 1008)
+            else:
+                self.inbox.put_nowait(raw)
+                continue
+            if self.generation_timeout is not None:  # stop the running generation now
+                self.generation_timeout.reschedule(asyncio.get_running_loop().time())
+            self.inbox.put_nowait(_WAKE)
+            return
+
+    async def run(self) -> None:
+        pump = asyncio.ensure_future(self.pump())
+        if self.shutdown is not None:
+            self.shutdown.inboxes.add(self.inbox)
+        try:
+            while True:
+                raw = await self.next_request()
+                await self.handle(raw)
+        except _Drop as drop:
+            await self.close_conversation()  # first: the client may never read again
+            if drop.message:
+                with contextlib.suppress(_Drop):
+                    await self.send(protocol.error(drop.message))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(websocket.close(drop.code, (drop.message or "")[:100]), 2)
+        finally:
+            pump.cancel()
+            if self.shutdown is not None:
+                self.shutdown.inboxes.discard(self.inbox)
+            if self.conversation is not None:
+                await self.conversation.close()
+
+    async def next_request(self):
+        settings = self.settings
+        loop = asyncio.get_running_loop()
+        left = self.deadline - loop.time()
+        try:
+            raw = await asyncio.wait_for(self.inbox.get(), timeout=max(0.0, min(settings.step_timeout, left)))
+        except asyncio.TimeoutError:
+            if left <= settings.step_timeout:
+                raise _Drop(self._time_limit_message()) from None
+            raise _Drop(f"Session closed: no request for {settings.step_timeout:g} seconds") from None
+        if self.flood is not None:
+            raise self.flood
+        if raw is SHUTDOWN or (self.shutdown is not None and self.shutdown.started.is_set()):
+            raise _Drop(f"{SHUTTING_DOWN}: reconnect in a moment", 1001)
+        return raw
+
+    def _time_limit_message(self) -> str:
+        return f"Session closed: the connection reached its time limit of {self.settings.max_session_seconds:g} seconds"
+
+    async def handle(self, raw) -> None:
+        settings = self.settings
+        try:
+            request = _decode(raw)
+            kind = request.get("type")
+            if kind == "open_inference_session":
+                await self.open(request)
+            elif kind == "generate":
+                await self.generate(request)
+            else:
+                expected = "'generate'" if self.conversation else "'open_inference_session'"
+                raise BadRequest(f"unknown request type {_short(kind)}: expected {expected}")
+        except ApiError as e:
+            if isinstance(e, SwarmError):  # the session's state is unknown now: drop it
+                self.metrics.swarm_errors.inc()
+                if await self.close_conversation():
+                    e.message += " (the inference session was closed; open a new one)"
+            await self.send(protocol.error(e.message + _debug_suffix(settings)))
+        except (_Drop, asyncio.CancelledError):
+            raise
+        except Exception as e:  # a bug: log it, answer in one line, keep the connection
+            logger.exception("websocket request failed")
+            await self.close_conversation()
+            await self.send(protocol.error(f"Internal error: {type(e).__name__}" + _debug_suffix(settings)))
+
+    async def close_conversation(self) -> bool:
+        if self.conversation is None:
+            return False
+        old, self.conversation = self.conversation, None
+        await old.close()
+        return True
+
+    async def open(self, request: dict) -> None:
+        req = protocol.parse(protocol.OpenSessionRequest, request)
+        service = self.app_state.service
+        if service is None:
+            raise NotReady("Models are still loading, retry in a moment")
+        spec = service.resolve_model(req.model, own_origin=self.own_origin)
+        await self.close_conversation()  # a new session replaces the old one
+        self.conversation = await service.open(spec, req.max_length, self.client)
+        logger.info("ws session opened: model=%s max_length=%d", spec.key, req.max_length)
+        await self.send(protocol.ok())
+
+    async def generate(self, request: dict) -> None:
+        if self.conversation is None:
+            raise BadRequest("the first request must be of type 'open_inference_session'")
+        req = protocol.parse(protocol.GenerateRequest, request)
+        spec = GenerateSpec(inputs=req.inputs, max_new_tokens=req.max_new_tokens, max_length=req.max_length,
+                            sampling=req.sampling(), stop_sequence=req.stop_sequence,
+                            extra_stop_sequences=tuple(req.extra_stop_sequences or ()), until_stop=True)
+        deadline = self.deadline
+        shutdown = self.shutdown
+        if shutdown is not None and shutdown.deadline is not None:
+            deadline = min(deadline, shutdown.deadline)
+        try:
+            async with asyncio.timeout_at(deadline) as timeout:
+                self.generation_timeout = timeout
+                if shutdown is not None:
+                    shutdown.timeouts.add(timeout)
+                try:
+                    async for round_ in self.conversation.generate(spec):
+                        await self.send(protocol.delta(round_.outputs, stop=round_.stop,
+                                                       token_count=round_.token_count))
+                finally:
+                    self.generation_timeout = None
+                    if shutdown is not None:
+                        shutdown.timeouts.discard(timeout)
+        except TimeoutError:
+            if self.flood is not None:
+                raise self.flood from None
+            if shutdown is not None and shutdown.started.is_set():
+                raise _Drop(f"{SHUTTING_DOWN}: the generation was stopped; reconnect in a moment", 1001) from None
+            raise _Drop(self._time_limit_message()) from None
+
+
 @blueprint.websocket("/api/v2/generate")
 async def generate_ws() -> None:
     app_state = state()
-    settings = app_state.settings
-    metrics = app_state.metrics
     await websocket.accept()
-    metrics.requests.labels("/api/v2/generate", "101").inc()
-    client = client_address(websocket)
-    own_origin = is_own_origin(websocket)
-    conversation: Conversation | None = None
-    try:
-        while True:
-            try:
-                raw = await asyncio.wait_for(websocket.receive(), timeout=settings.step_timeout)
-            except asyncio.TimeoutError:
-                await _send(protocol.error(f"Session closed: no request for {settings.step_timeout:g} seconds"))
-                await websocket.close(1000, "idle timeout")
-                return
-            try:
-                request = _decode(raw)
-                kind = request.get("type")
-                if kind == "open_inference_session":
-                    req = protocol.parse(protocol.OpenSessionRequest, request)
-                    service = app_state.service
-                    if service is None:
-                        raise NotReady("Models are still loading, retry in a moment")
-                    spec = service.resolve_model(req.model, own_origin=own_origin)
-                    if conversation is not None:  # a new session replaces the old one
-                        old, conversation = conversation, None
-                        await old.close()
-                    conversation = await service.open(spec, req.max_length, client)
-                    logger.info("ws session opened: model=%s max_length=%d", spec.key, req.max_length)
-                    await _send(protocol.ok())
-                elif kind == "generate":
-                    if conversation is None:
-                        raise BadRequest("the first request must be of type 'open_inference_session'")
-                    req = protocol.parse(protocol.GenerateRequest, request)
-                    spec = GenerateSpec(inputs=req.inputs, max_new_tokens=req.max_new_tokens,
-                                        max_length=req.max_length, sampling=req.sampling(),
-                                        stop_sequence=req.stop_sequence,
-                                        extra_stop_sequences=tuple(req.extra_stop_sequences or ()),
-                                        until_stop=True)
-                    async for round_ in conversation.generate(spec):
-                        await _send(protocol.delta(round_.outputs, stop=round_.stop, token_count=round_.token_count))
-                else:
-                    expected = "'generate'" if conversation else "'open_inference_session'"
-                    raise BadRequest(f"unknown request type {kind!r}: expected {expected}")
-            except ApiError as e:
-                if isinstance(e, SwarmError):  # the session's state is unknown now: drop it
-                    metrics.swarm_errors.inc()
-                    if conversation is not None:
-                        old, conversation = conversation, None
-                        await old.close()
-                        e.message += " (the inference session was closed; open a new one)"
-                await _send(protocol.error(e.message + _debug_suffix(settings)))
-            except Exception as e:  # a bug: log it, answer in one line, keep the connection
-                logger.exception("websocket request failed")
-                if conversation is not None:
-                    old, conversation = conversation, None
-                    await old.close()
-                await _send(protocol.error(f"Internal error: {type(e).__name__}" + _debug_suffix(settings)))
-    finally:
-        if conversation is not None:
-            await conversation.close()
+    app_state.metrics.requests.labels("/api/v2/generate", "101").inc()
+    await _Connection().run()

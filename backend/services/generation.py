@@ -7,6 +7,7 @@ it depends on the :class:`backend.engine.types.Engine` interface only.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from typing import AsyncIterator
@@ -16,6 +17,8 @@ from ..registry import ModelSpec, Registry
 from ..engine.types import Engine, EngineSession, SamplingParams
 from .limits import SessionLimiter
 from .metrics import Metrics
+
+logger = logging.getLogger("backend.prompts")
 
 
 @dataclass(frozen=True)
@@ -75,11 +78,7 @@ class Conversation:
                                  param="stop_sequence")
             stops += [s for s in req.extra_stop_sequences if s]
         stops += [s for s in req.stop_sequences if s]
-        if req.inputs is not None and len(req.inputs) > self.service.max_input_chars:
-            raise BadRequest(f"inputs are too long ({len(req.inputs)} characters, limit "
-                             f"{self.service.max_input_chars})", param="inputs")
-
-        n_inputs = engine.count_tokens(self.spec.key, req.inputs) if req.inputs else 0
+        n_inputs = self.service.count_inputs(self.spec, req.inputs)
         used = self.session.length + n_inputs
         remaining = self.session.max_length - used
         if req.max_new_tokens is not None:
@@ -114,6 +113,10 @@ class Conversation:
         first = True
         last_round: Round | None = None
         rewind = False
+        log_prompts = self.service.log_prompts
+        if log_prompts:
+            logger.info("prompt model=%s inputs=%r", self.spec.key, req.inputs)
+            answer: list[str] = []
         stream = engine.stream(self.session, req.inputs, req.sampling, max_new_tokens=budget, stop_sequences=stops)
         async with contextlib.aclosing(stream):
             async for chunk in stream:
@@ -124,6 +127,8 @@ class Conversation:
                         now - (started if first else last))
                     first, last = False, now
                 pending += chunk.text
+                if log_prompts:
+                    answer.append(chunk.text)
                 pending_tokens += chunk.tokens
                 final = chunk.finish_reason is not None
                 rewind = final and bool(req.stop_sequence) and chunk.matched_stop in req.extra_stop_sequences
@@ -139,6 +144,8 @@ class Conversation:
                     yield Round(pending, False, pending_tokens)
                     pending, pending_tokens = "", 0
         # The stream is closed: the worker's generate() has returned and stored the session's tokens.
+        if log_prompts:
+            logger.info("answer model=%s outputs=%r", self.spec.key, "".join(answer))
         if rewind:
             engine.replace_last_token(self.session, req.stop_sequence)  # the rewind
         if last_round is not None:
@@ -147,13 +154,28 @@ class Conversation:
 
 class GenerationService:
     def __init__(self, engine: Engine, registry: Registry, limiter: SessionLimiter, metrics: Metrics, *,
-                 max_new_tokens_limit: int = 4096, max_input_chars: int = 1_000_000):
+                 max_new_tokens_limit: int = 4096, max_input_chars: int = 1_000_000,
+                 max_input_tokens: int = 16384, log_prompts: bool = False):
         self.engine = engine
         self.registry = registry
         self.limiter = limiter
         self.metrics = metrics
         self.max_new_tokens_limit = max_new_tokens_limit
         self.max_input_chars = max_input_chars
+        self.max_input_tokens = max_input_tokens
+        self.log_prompts = log_prompts
+
+    def count_inputs(self, spec: ModelSpec, inputs: str | None) -> int:
+        """Tokens in ``inputs``; a clear error when they are over the character or token limit."""
+        if not inputs:
+            return 0
+        if len(inputs) > self.max_input_chars:
+            raise BadRequest(f"inputs are too long ({len(inputs)} characters, limit {self.max_input_chars})",
+                             param="inputs")
+        n = self.engine.count_tokens(spec.key, inputs)
+        if n > self.max_input_tokens:
+            raise BadRequest(f"inputs are too long ({n} tokens, limit {self.max_input_tokens})", param="inputs")
+        return n
 
     def resolve_model(self, name: str | None, *, own_origin: bool) -> ModelSpec:
         """Find the model for ``name`` (default when None) and apply the ``public_api`` rule."""
@@ -181,7 +203,7 @@ class GenerationService:
 
     async def generate_once(self, spec: ModelSpec, req: GenerateSpec, client: str) -> AsyncIterator[Round]:
         """A stateless generation (HTTP APIs): a session sized for the request, closed afterwards."""
-        n_inputs = self.engine.count_tokens(spec.key, req.inputs) if req.inputs else 0
+        n_inputs = self.count_inputs(spec, req.inputs)
         if req.max_new_tokens is not None:
             total = n_inputs + req.max_new_tokens
         elif req.max_length is not None:

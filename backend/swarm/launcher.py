@@ -131,7 +131,11 @@ class LocalSwarm:
 
     def add_server(self, blocks: tuple[int, int], *, port: int | None = None, wait: bool = True,
                    timeout: float = 300.0) -> ServerProcess:
-        """Start one more server (e.g. a replacement) for ``blocks``; it joins the existing swarm."""
+        """Start one more server (e.g. a replacement) for ``blocks``; it joins the existing swarm.
+
+        Call it from a long-lived thread: the server asks the kernel to end it when the thread that started it
+        ends (``PR_SET_PDEATHSIG``), so a server started from, e.g., ``asyncio.to_thread`` dies with that thread.
+        """
         port = port or free_port(self.host)
         args = [sys.executable, "-m", "backend.swarm.server_main", self.model_path,
                 "--dht_prefix", self.dht_prefix,
@@ -141,7 +145,9 @@ class LocalSwarm:
                 "--torch_dtype", self.torch_dtype,
                 "--device", self.device,
                 *self.extra_args]
-        args += ["--initial_peers", *self.initial_peers] if self.initial_peers else ["--new_swarm"]
+        # join through any live server (the first one may be gone by now, e.g. a replacement's predecessor)
+        peers = [maddr for other in self.servers if other.alive for maddr in other.maddrs] or self.initial_peers
+        args += ["--initial_peers", *peers] if peers else ["--new_swarm"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
         process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

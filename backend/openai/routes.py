@@ -1,0 +1,94 @@
+"""Routes of the OpenAI-compatible API: parse the request, call :mod:`.serving`, format the answer.
+
+``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``.
+Every error is OpenAI's ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+from quart import Blueprint, Response, current_app, g, jsonify, request
+
+from ..errors import ApiError, BadRequest, NotReady, TooLarge
+from ..protocol import parse
+from ..routes.auth import require_api_key
+from ..routes.common import client_address, is_own_origin, state
+from ..routes.sse import HEADERS as SSE_HEADERS
+from . import schemas
+from .serving import OpenAIServing
+
+blueprint = Blueprint("openai", __name__, url_prefix="/v1")
+
+
+def error_response(e: ApiError) -> Response:
+    response = jsonify(schemas.ErrorResponse.of(e).model_dump(mode="json"))
+    response.status_code = e.status
+    if e.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def _serving() -> OpenAIServing:
+    app_state = state()
+    if app_state.service is None:
+        raise NotReady("Models are still loading, retry in a moment")
+    return OpenAIServing(app_state.service)
+
+
+async def _json_body() -> Any:
+    limit = current_app.config["MAX_CONTENT_LENGTH"]  # the max_body_bytes setting
+    if request.content_length is not None and request.content_length > limit:
+        raise TooLarge(f"request body is too large ({request.content_length} bytes, limit {limit})")
+    body = await request.get_data(as_text=True)  # a chunked body over the limit: Quart's 413 (http_errors)
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise BadRequest(f"malformed JSON: {e}") from None
+
+
+@blueprint.before_request
+async def check_api_key():
+    if request.method != "OPTIONS":  # CORS preflights carry no credentials
+        try:
+            require_api_key(request)
+        except ApiError as e:
+            return error_response(e)
+    return None
+
+
+@blueprint.get("/models")
+async def list_models():
+    try:
+        models = _serving().list_models(own_origin=is_own_origin(request))
+    except ApiError as e:
+        return error_response(e)
+    return jsonify(models.model_dump(mode="json"))
+
+
+async def _generate(model: type[schemas.ChatCompletionRequest | schemas.CompletionRequest]):
+    try:
+        req = parse(model, await _json_body())
+        serving = _serving()
+        plan = serving.plan_chat if isinstance(req, schemas.ChatCompletionRequest) else serving.plan_completion
+        job = plan(req, own_origin=is_own_origin(request), request_id=g.request_id)
+        if req.stream:
+            response = Response(await serving.open_stream(job, client_address(request)), headers=SSE_HEADERS)
+            response.timeout = None  # a long generation must not be cut by Quart's response timeout
+            return response
+        result: BaseModel = await serving.complete(job, client_address(request))
+        return jsonify(result.model_dump(mode="json"))
+    except ApiError as e:
+        return error_response(e)
+
+
+@blueprint.post("/chat/completions")
+async def chat_completions():
+    return await _generate(schemas.ChatCompletionRequest)
+
+
+@blueprint.post("/completions")
+async def completions():
+    return await _generate(schemas.CompletionRequest)

@@ -1,0 +1,243 @@
+"""Wire format of the OpenAI-compatible API, defined once (pydantic).
+
+Requests ignore unknown fields, as OpenAI's own clients send many. Responses
+are built from these models, and ``/openapi.json`` is generated from them.
+
+Extensions beyond OpenAI's fields (vLLM does the same): ``top_k`` and
+``repetition_penalty``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr, field_validator
+
+from ..errors import ApiError
+
+MAX_INT = 1 << 31
+Number = Annotated[float, Strict()]  # an int or a float; never a string or a bool
+Penalty = Annotated[Number, Field(ge=-2, le=2)]
+
+
+def _drop_none():
+    return Field(default=None, exclude_if=lambda value: value is None)
+
+
+# ---- requests ------------------------------------------------------------------
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | list[TextPart] | None = None
+    name: StrictStr | None = None  # accepted, not used
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class StreamOptions(_Request):
+    include_usage: StrictBool = False
+
+
+class GenerationRequest(_Request):
+    """Fields shared by chat and text completions."""
+
+    model: StrictStr
+    max_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_INT)
+    temperature: Number | None = Field(
+        default=None, ge=0, le=2,
+        description="0 means greedy decoding. When omitted, the model's registry settings apply.")
+    top_p: Number | None = Field(default=None, ge=0, le=1)
+    top_k: StrictInt | None = Field(default=None, ge=0, le=MAX_INT, description="Extension: top-k sampling.")
+    repetition_penalty: Number | None = Field(default=None, ge=0.01, le=100,
+                                              description="Extension: transformers' repetition penalty.")
+    n: StrictInt = Field(default=1, ge=1, le=MAX_INT, description="Only 1 is supported.")
+    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    seed: StrictInt | None = Field(default=None, ge=-(1 << 63), le=(1 << 63) - 1,
+                                   description="Seeds the sampler (no effect on greedy decoding).")
+    frequency_penalty: Penalty = Field(default=0, description="Only 0 is supported: use repetition_penalty.")
+    presence_penalty: Penalty = Field(default=0, description="Only 0 is supported: use repetition_penalty.")
+    user: StrictStr | None = None  # accepted, not used
+
+    @field_validator("n")
+    @classmethod
+    def _one_choice(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError("only n = 1 is supported")
+        return value
+
+    @field_validator("frequency_penalty", "presence_penalty")
+    @classmethod
+    def _no_penalty(cls, value: float) -> float:
+        if value != 0:
+            raise ValueError("only 0 is supported; use repetition_penalty (e.g. 1.1) to discourage repetition")
+        return value
+
+    def stop_sequences(self) -> tuple[str, ...]:
+        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
+        return tuple(s for s in stops if s)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(GenerationRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_INT)
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+class CompletionRequest(GenerationRequest):
+    prompt: StrictStr | list[StrictStr] = Field(description="A string, or a list of one string.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and len(value) != 1:
+            raise ValueError("only one prompt per request is supported")
+        return value
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_tokens
+
+
+# ---- responses -----------------------------------------------------------------
+
+FinishReason = Literal["stop", "length"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = _drop_none()
+    content: str | None = _drop_none()
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = _drop_none()
+
+
+class TextChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: FinishReason
+    logprobs: None = None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage
+
+
+class TextChunkChoice(BaseModel):
+    index: int = 0
+    text: str
+    finish_reason: FinishReason | None = None
+    logprobs: None = None
+
+
+class CompletionChunk(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[TextChunkChoice]
+    usage: Usage | None = _drop_none()
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ---- errors --------------------------------------------------------------------
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error",
+               503: "service_unavailable_error"}
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+    @classmethod
+    def of(cls, e: ApiError) -> ErrorResponse:
+        return cls(error=ErrorDetail(message=e.message, type=ERROR_TYPES.get(e.status, "server_error"),
+                                     param=e.param, code=e.code))

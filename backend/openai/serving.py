@@ -1,0 +1,259 @@
+"""The work behind ``/v1``: OpenAI requests -> :class:`GenerateSpec` -> rounds -> OpenAI responses.
+
+How OpenAI's parameters map onto generation:
+
+* ``temperature``: 0 (anything below 1e-5) is greedy decoding; above, sampling at that
+  temperature. Omitted: the model's registry ``generation_params`` decide (``do_sample``,
+  ``temperature``, ``top_p``, ``top_k``, ``repetition_penalty``).
+* ``top_p``, ``top_k`` (extension): used when sampling.
+* ``repetition_penalty`` (extension): transformers' multiplicative penalty.
+* ``frequency_penalty`` / ``presence_penalty``: only 0 is accepted (400 otherwise). OpenAI's
+  additive penalties have no faithful equivalent in transformers' multiplicative
+  ``repetition_penalty``, and a silent approximation would mislead; clients pass
+  ``repetition_penalty`` instead.
+* ``seed``: seeds the sampler (``SamplingParams.seed``).
+* ``max_tokens`` / ``max_completion_tokens``: at most the server's ``max_new_tokens_limit`` and
+  the room left in the model's context. Omitted: the registry's ``max_new_tokens``, else all
+  the room left (capped by the server's limit).
+* ``stop``: up to 4 strings. Chat completions also stop at the model's stop token and extra
+  stop sequences; text completions at its end-of-text markers
+  (:func:`backend.services.chat_format.completion_stop_sequences`). A stop string never
+  appears in the output: text that may be its start is held back until it is known.
+* ``usage``: ``prompt_tokens`` is the tokenizer's count of the rendered prompt,
+  ``completion_tokens`` the tokens generated (a matched stop sequence's tokens included).
+* ``n``: only 1. ``user``, ``logprobs`` and other unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from ..engine.types import SamplingParams
+from ..errors import MAX_LENGTH_EXCEEDED, ApiError, BadRequest, LengthExceeded, SwarmError, TooLarge
+from ..registry import ModelSpec
+from ..routes import sse
+from ..services.chat_format import completion_stop_sequences, format_chat
+from ..services.generation import GenerateSpec, GenerationService, Round
+from . import schemas as s
+from .stops import StopCutter
+
+logger = logging.getLogger(__name__)
+
+MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy anyway (and logits/temperature would overflow)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated OpenAI request, ready to run."""
+
+    chat: bool
+    spec: ModelSpec
+    gen: GenerateSpec
+    prompt_tokens: int
+    stops: tuple[str, ...]
+    include_usage: bool
+    request_id: str
+    id: str
+    created: int
+
+
+class TextRun:
+    """One generation as text pieces with stop sequences cut out; ``finish_reason`` once it ended."""
+
+    def __init__(self, rounds: AsyncIterator[Round], first: Round | None, stops: tuple[str, ...]):
+        self._rounds = rounds
+        self._next = first
+        self._cutter = StopCutter(stops)
+        self.completion_tokens = 0
+        self.finish_reason: str | None = None
+
+    async def pieces(self) -> AsyncIterator[str]:
+        round_ = self._next
+        while round_ is not None and self.finish_reason is None:
+            self.completion_tokens += round_.token_count
+            text = self._cutter.feed(round_.outputs)
+            if self._cutter.stopped:
+                self.finish_reason = "stop"
+            elif round_.stop:
+                text += self._cutter.flush()
+                self.finish_reason = "length" if round_.finish_reason == "length" else "stop"
+            if text:
+                yield text
+            round_ = None if self.finish_reason else await anext(self._rounds, None)
+        self.finish_reason = self.finish_reason or "stop"
+
+    async def close(self) -> None:
+        """Stop the generation (if still running) and close its inference session."""
+        await self._rounds.aclose()
+
+
+def sampling_params(req: s.GenerationRequest, defaults: Mapping[str, Any]) -> SamplingParams:
+    def pick(name: str) -> Any:
+        value = getattr(req, name)
+        return defaults.get(name) if value is None else value
+
+    def number(value: Any) -> float | None:
+        return None if value is None else float(value)
+
+    if req.temperature is None:
+        do_sample, temperature = bool(defaults.get("do_sample", False)), defaults.get("temperature")
+    else:
+        do_sample, temperature = req.temperature >= MIN_TEMPERATURE, req.temperature
+    penalty = number(pick("repetition_penalty"))
+    if not do_sample:
+        return SamplingParams(repetition_penalty=penalty, seed=req.seed)
+    return SamplingParams(do_sample=True, temperature=number(temperature), top_k=pick("top_k"),
+                          top_p=number(pick("top_p")), repetition_penalty=penalty, seed=req.seed)
+
+
+class OpenAIServing:
+    def __init__(self, service: GenerationService):
+        self.service = service
+        self.engine = service.engine
+
+    # ------------------------------------------------------------------ models
+    def list_models(self, *, own_origin: bool) -> s.ModelList:
+        created = int(time.time())
+        return s.ModelList(data=[s.ModelCard(id=spec.key, created=created, owned_by=spec.family)
+                                 for spec in self.service.registry.models if spec.public_api or own_origin])
+
+    # ------------------------------------------------------------------ planning
+    def plan_chat(self, req: s.ChatCompletionRequest, *, own_origin: bool, request_id: str = "") -> Job:
+        spec = self.service.resolve_model(req.model, own_origin=own_origin)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in req.messages]
+        prompt = format_chat(self.engine, spec, messages)
+        return self._plan(req, spec, prompt.text, prompt.stop_sequences + req.stop_sequences(), chat=True,
+                          request_id=request_id, limit_param="max_completion_tokens"
+                          if req.max_completion_tokens is not None else "max_tokens")
+
+    def plan_completion(self, req: s.CompletionRequest, *, own_origin: bool, request_id: str = "") -> Job:
+        spec = self.service.resolve_model(req.model, own_origin=own_origin)
+        if not req.prompt_text:
+            raise BadRequest("'prompt' must not be empty", param="prompt")
+        stops = completion_stop_sequences(spec.chat) + req.stop_sequences()
+        return self._plan(req, spec, req.prompt_text, stops, chat=False, request_id=request_id,
+                          limit_param="max_tokens")
+
+    def _plan(self, req: s.ChatCompletionRequest | s.CompletionRequest, spec: ModelSpec, prompt: str,
+              stops: tuple[str, ...], *, chat: bool, request_id: str, limit_param: str) -> Job:
+        prompt_param = "messages" if chat else "prompt"
+        if len(prompt) > self.service.max_input_chars:
+            raise TooLarge(f"the prompt is too long ({len(prompt)} characters, limit "
+                           f"{self.service.max_input_chars})", param=prompt_param)
+        prompt_tokens = self.engine.count_tokens(spec.key, prompt)
+        if prompt_tokens > self.service.max_input_tokens:
+            raise TooLarge(f"the prompt is too long ({prompt_tokens} tokens, limit {self.service.max_input_tokens})",
+                           param=prompt_param)
+        context = spec.chat.max_session_length
+        room = context - prompt_tokens
+        if room < 1:
+            raise TooLarge(f"the prompt is too long: {prompt_tokens} tokens, and the model's context is {context}",
+                           param=prompt_param)
+        server_limit = self.service.max_new_tokens_limit
+        limit = req.token_limit
+        if limit is None:
+            limit = min(spec.chat.generation_params.get("max_new_tokens") or room, room, server_limit)
+        elif limit > server_limit:
+            raise BadRequest(f"{limit_param} {limit} is above this server's limit of {server_limit}",
+                             param=limit_param)
+        elif limit > room:
+            raise LengthExceeded(f"{MAX_LENGTH_EXCEEDED}: the prompt's {prompt_tokens} tokens plus {limit_param} "
+                                 f"{limit} exceed the model's context of {context} tokens", param=limit_param)
+        gen = GenerateSpec(inputs=prompt, max_new_tokens=limit, stop_sequences=stops, round_tokens=1,
+                           sampling=sampling_params(req, spec.chat.generation_params))
+        return Job(chat=chat, spec=spec, gen=gen, prompt_tokens=prompt_tokens, stops=stops,
+                   include_usage=req.include_usage, request_id=request_id,
+                   id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, created=int(time.time()))
+
+    # ------------------------------------------------------------------ running
+    async def _start(self, job: Job, client: str) -> TextRun:
+        """Start the generation and wait for its first token: errors up to here get an HTTP status."""
+        rounds = self.service.generate_once(job.spec, job.gen, client)
+        try:
+            first = await anext(rounds, None)
+        except BaseException as e:
+            await rounds.aclose()
+            self._count_error(e)
+            raise
+        return TextRun(rounds, first, job.stops)
+
+    async def complete(self, job: Job, client: str) -> s.ChatCompletion | s.Completion:
+        run = await self._start(job, client)
+        try:
+            text = "".join([piece async for piece in run.pieces()])
+        except ApiError as e:
+            self._count_error(e)
+            raise
+        finally:
+            await run.close()
+        self._log_done(job, run)
+        usage = self._usage(job, run)
+        if job.chat:
+            return s.ChatCompletion(id=job.id, created=job.created, model=job.spec.key, usage=usage, choices=[
+                s.ChatChoice(message=s.AssistantMessage(content=text), finish_reason=run.finish_reason)])
+        return s.Completion(id=job.id, created=job.created, model=job.spec.key, usage=usage,
+                            choices=[s.TextChoice(text=text, finish_reason=run.finish_reason)])
+
+    async def open_stream(self, job: Job, client: str) -> AsyncIterator[str]:
+        """Server-Sent Events of chunks; ends with ``[DONE]``. Closing it stops the generation."""
+        run = await self._start(job, client)
+        return self._events(job, run)
+
+    async def _events(self, job: Job, run: TextRun) -> AsyncIterator[str]:
+        try:
+            if job.chat:
+                yield self._chunk(job, s.ChatDelta(role="assistant", content=""))
+            async for piece in run.pieces():
+                yield self._chunk(job, s.ChatDelta(content=piece) if job.chat else piece)
+            yield self._chunk(job, s.ChatDelta() if job.chat else "", finish_reason=run.finish_reason)
+            if job.include_usage:
+                yield self._chunk(job, None, usage=self._usage(job, run))
+            self._log_done(job, run)
+        except ApiError as e:
+            self._count_error(e)
+            logger.info("stream failed request_id=%s: %s", job.request_id, e.message)
+            yield sse.event(s.ErrorResponse.of(e).model_dump(mode="json"))
+        except Exception as e:  # a bug: log it, tell the client in one line
+            logger.exception("stream failed request_id=%s", job.request_id)
+            yield sse.event({"error": {"message": f"Internal error: {type(e).__name__}", "type": "server_error",
+                                       "param": None, "code": "internal_error"}})
+        finally:
+            await run.close()
+        yield sse.DONE
+
+    # ------------------------------------------------------------------ formatting
+    @staticmethod
+    def _usage(job: Job, run: TextRun) -> s.Usage:
+        return s.Usage(prompt_tokens=job.prompt_tokens, completion_tokens=run.completion_tokens,
+                       total_tokens=job.prompt_tokens + run.completion_tokens)
+
+    @staticmethod
+    def _chunk(job: Job, content: s.ChatDelta | str | None, *, finish_reason: str | None = None,
+               usage: s.Usage | None = None) -> str:
+        common = {"id": job.id, "created": job.created, "model": job.spec.key, "usage": usage}
+        if job.chat:
+            choices = [] if content is None else [s.ChatChunkChoice(delta=content, finish_reason=finish_reason)]
+            chunk: BaseModel = s.ChatCompletionChunk(choices=choices, **common)
+        else:
+            choices = [] if content is None else [s.TextChunkChoice(text=content, finish_reason=finish_reason)]
+            chunk = s.CompletionChunk(choices=choices, **common)
+        return sse.event(chunk.model_dump(mode="json"))
+
+    def _count_error(self, e: BaseException) -> None:
+        if isinstance(e, SwarmError):
+            self.service.metrics.swarm_errors.inc()
+
+    @staticmethod
+    def _log_done(job: Job, run: TextRun) -> None:
+        """One line per generation, without user text (the service logs texts when log_prompts is on)."""
+        logger.info("%s done request_id=%s model=%s prompt_tokens=%d completion_tokens=%d finish_reason=%s",
+                    "chat.completion" if job.chat else "completion", job.request_id, job.spec.key,
+                    job.prompt_tokens, run.completion_tokens, run.finish_reason)

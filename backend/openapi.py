@@ -1,0 +1,146 @@
+"""``GET /openapi.json``: an OpenAPI 3.1 document generated from the pydantic models the routes use.
+
+Request bodies come from the models the routes validate with (OpenAI's in
+:mod:`backend.openai.schemas`, the legacy :class:`backend.protocol.HttpGenerateRequest`);
+OpenAI responses from the models the API builds them with. The legacy APIs and the
+operational endpoints build their JSON with small functions, so their shapes are
+described here by documentation models (checked against real answers by
+``tests/test_openapi_fuzz.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.json_schema import models_json_schema
+from quart import Blueprint, jsonify
+
+from . import __version__
+from .openai import schemas as oa
+from .protocol import HttpGenerateRequest
+
+blueprint = Blueprint("openapi", __name__)
+
+REF = "#/components/schemas/{model}"
+DESCRIPTION = ("Chat with large language models over a Petals swarm: an OpenAI-compatible API (`/v1`), "
+               "the original chat.petals.dev HTTP API (`/api/v1`) and operational endpoints. The WebSocket "
+               "API `/api/v2/generate` is not described here.")
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class LegacyResult(_Doc):
+    """``POST /api/v1/generate`` without ``stream``."""
+
+    ok: Literal[True]
+    outputs: str
+
+
+class LegacyDelta(_Doc):
+    """One Server-Sent Event of ``POST /api/v1/generate`` with ``stream: true``."""
+
+    ok: Literal[True]
+    outputs: str
+    stop: bool
+    token_count: int
+
+
+class LegacyError(_Doc):
+    ok: Literal[False]
+    traceback: str
+
+
+class LegacyModels(_Doc):
+    """The model registry (``GET /api/v1/models``)."""
+
+    default: str
+    models: list[dict[str, Any]]
+
+
+class Health(_Doc):
+    status: Literal["ok", "loading"]
+    models: dict[str, dict[str, Any]]
+    error: str | None = None
+
+
+class Readiness(_Doc):
+    status: Literal["ready", "not ready"]
+    models: dict[str, dict[str, Any]]
+    sessions_open: int
+
+
+REQUESTS = (oa.ChatCompletionRequest, oa.CompletionRequest, HttpGenerateRequest)
+RESPONSES = (oa.ChatCompletion, oa.ChatCompletionChunk, oa.Completion, oa.CompletionChunk, oa.ModelList,
+             oa.ErrorResponse, LegacyResult, LegacyDelta, LegacyError, LegacyModels, Health, Readiness)
+
+
+def _json(ref: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": ref}}}
+
+
+def _generation(summary: str, request: dict, result: dict, chunk: dict, error: dict, *,
+                form: bool = False) -> dict:
+    content = {"application/json": {"schema": request}}
+    if form:
+        content["application/x-www-form-urlencoded"] = {"schema": request}
+    return {"post": {
+        "summary": summary,
+        "requestBody": {"required": True, "content": content},
+        "responses": {
+            "200": {"description": "The result; with `stream: true`, Server-Sent Events `data: CHUNK` "
+                                   "ending with `data: [DONE]` (an error during the stream is an event "
+                                   "with the error object, then `[DONE]`)",
+                    "content": {"application/json": {"schema": result},
+                                "text/event-stream": {"schema": {"type": "string"},
+                                                      "itemSchema": {"anyOf": [chunk, error]}}}},
+            "default": _json(error, "An error: 400 bad parameter, 401 bad or missing API key, 403 model not "
+                                    "public, 404 unknown model, 413 too large, 429 busy, 503 not ready"),
+        }}}
+
+
+@functools.cache
+def build_openapi() -> dict[str, Any]:
+    keyed = [(m, "validation") for m in REQUESTS] + [(m, "serialization") for m in RESPONSES]
+    refs, definitions = models_json_schema(keyed, ref_template=REF)
+    ref = {model: refs[(model, mode)] for model, mode in keyed}
+    paths = {
+        "/v1/chat/completions": _generation("Chat completion (OpenAI-compatible)", ref[oa.ChatCompletionRequest],
+                                            ref[oa.ChatCompletion], ref[oa.ChatCompletionChunk],
+                                            ref[oa.ErrorResponse]),
+        "/v1/completions": _generation("Text completion (OpenAI-compatible)", ref[oa.CompletionRequest],
+                                       ref[oa.Completion], ref[oa.CompletionChunk], ref[oa.ErrorResponse]),
+        "/v1/models": {"get": {"summary": "Models (OpenAI-compatible)", "responses": {
+            "200": _json(ref[oa.ModelList], "Models this client may use"),
+            "default": _json(ref[oa.ErrorResponse], "An error")}}},
+        "/api/v1/generate": _generation("Generate (the original chat.petals.dev HTTP API)", ref[HttpGenerateRequest],
+                                        ref[LegacyResult], ref[LegacyDelta], ref[LegacyError], form=True),
+        "/api/v1/models": {"get": {"summary": "The model registry", "responses": {
+            "200": _json(ref[LegacyModels], "Models and their chat settings")}}},
+        "/healthz": {"get": {"summary": "Liveness: 200 once the models are loaded", "responses": {
+            "200": _json(ref[Health], "Loaded"), "503": _json(ref[Health], "Loading")}}},
+        "/readyz": {"get": {"summary": "Readiness: per-model servers and blocks of the swarm", "responses": {
+            "200": _json(ref[Readiness], "Ready"), "503": _json(ref[Readiness], "Not ready")}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
+            "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        }}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Petals Chat", "version": __version__, "description": DESCRIPTION},
+        "paths": paths,
+        "components": {
+            "schemas": definitions.get("$defs", {}),
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer",
+                                           "description": "Needed when the server sets api_keys"}},
+        },
+        "security": [{}, {"apiKey": []}],
+    }
+
+
+@blueprint.get("/openapi.json")
+async def openapi_json():
+    return jsonify(build_openapi())

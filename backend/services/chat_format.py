@@ -1,0 +1,77 @@
+"""Chat messages -> the prompt text a model continues, and the stop sequences that end its answer.
+
+The one place that knows the two formats (the web page mirrors them in
+``frontend/src/lib/chat/prompt.ts``):
+
+* the tokenizer's chat template, when the registry says ``use_chat_template``
+  (rendered by the engine, with the generation prompt appended);
+* the original chat page's legacy format: the system line, then ``Human: ...``
+  / ``Assistant: ...`` turns joined with ``sep_token``, each finished answer
+  followed by ``stop_token``, ending with ``Assistant:``.
+
+When the messages carry no system message, the registry's ``system_prompt`` is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..registry import ChatSettings, ModelSpec
+
+
+class ChatRenderer(Protocol):
+    def render_chat(self, model_key: str, messages: list[dict[str, str]]) -> str: ...
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    text: str
+    stop_sequences: tuple[str, ...]
+
+
+def chat_stop_sequences(chat: ChatSettings) -> tuple[str, ...]:
+    """Where an answer ends: the model's stop token and its extra stop sequences."""
+    return tuple(s for s in (chat.stop_token, *chat.extra_stop_sequences) if s)
+
+
+def completion_stop_sequences(chat: ChatSettings) -> tuple[str, ...]:
+    """Stops for raw completions: end-of-text markers only, not the legacy turn separator.
+
+    A chat template's stop token is a special end-of-turn token, meaningful anywhere; the
+    legacy ``stop_token`` (e.g. ``###``) is a separator of the chat format and is not used.
+    """
+    stops = [*chat.extra_stop_sequences] + ([chat.stop_token] if chat.use_chat_template else [])
+    return tuple(s for s in stops if s)
+
+
+def legacy_prompt(chat: ChatSettings, system: str, turns: Sequence[tuple[str, str]]) -> str:
+    """The original page's format; ``turns`` are (role, content) with role user or assistant."""
+    text, after_answer = system, False
+    for role, content in turns:
+        if role == "user":
+            # after an answer, the session already ends with the stop token, which separates turns
+            text += f"{'' if after_answer else chat.sep_token}Human: {content}"
+            after_answer = False
+        else:
+            # the model writes its own leading space after "Assistant:": keep answers verbatim
+            text += f"{chat.sep_token}Assistant:{content}{chat.stop_token}"
+            after_answer = True
+    return f"{text}{'' if after_answer else chat.sep_token}Assistant:"
+
+
+def format_chat(engine: ChatRenderer, spec: ModelSpec, messages: Sequence[Mapping[str, str]]) -> ChatPrompt:
+    """Render ``messages`` (``{"role": system | user | assistant, "content": TEXT}``) for ``spec``'s model."""
+    chat = spec.chat
+    has_system = any(m["role"] == "system" for m in messages)
+    if chat.use_chat_template:
+        items = [{"role": m["role"], "content": m["content"]} for m in messages]
+        if not has_system and chat.system_prompt:
+            items.insert(0, {"role": "system", "content": chat.system_prompt})
+        text = engine.render_chat(spec.key, items)
+    else:
+        system = ("\n".join(m["content"] for m in messages if m["role"] == "system") if has_system
+                  else chat.system_prompt)
+        text = legacy_prompt(chat, system, [(m["role"], m["content"]) for m in messages if m["role"] != "system"])
+    return ChatPrompt(text=text, stop_sequences=chat_stop_sequences(chat))

@@ -1,0 +1,56 @@
+"""Smoke test of the benchmark harness: ``python -m bench --tiny --quick`` into a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_bench_tiny_quick(tmp_path, embedded_dir):
+    out = tmp_path / "results"
+    docs = REPO / "docs"
+    before = {p: p.stat().st_mtime_ns for p in docs.glob("bench.*")} if docs.is_dir() else {}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--quick", "--out", str(out), "--no-docs"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    r = json.loads((out / "latest.json").read_text())
+    assert (out / "bench.png").stat().st_size > 10_000
+    assert (out / "bench.md").read_text().count("|") > 20
+    for key in ("date", "machine", "config", "single", "concurrency", "backend", "targets"):
+        assert key in r, key
+    assert r["machine"]["cores"] >= 1 and r["machine"]["cpu"]
+
+    for name in ("raw", "websocket", "http_sse"):
+        s = r["single"][name]
+        assert s["errors"] == 0, (name, s)
+        assert s["tokens_per_s"] > 0 and s["tokens"] > 0, (name, s)
+        assert 0 < s["ttft_ms"] < 10_000, (name, s)
+        assert 0 < s["itl_p50_ms"] <= s["itl_p99_ms"], (name, s)
+    assert r["single"]["http"]["e2e_tokens_per_s"] > 0 and r["single"]["http"]["errors"] == 0
+    openai = r["single"]["openai_sse"]
+    assert "skipped" in openai or (openai["errors"] == 0 and openai["tokens_per_s"] > 0)
+
+    assert [lv["sessions"] for lv in r["concurrency"]] == [1, 4, 16, 64]
+    for lv in r["concurrency"]:
+        for side in ("websocket", "raw"):
+            c = lv[side]
+            assert c["errors"] == 0, (lv["sessions"], side, c["error_messages"])
+            assert c["aggregate_tokens_per_s"] > 0
+            assert c["tokens"] == lv["sessions"] * lv["tokens_per_session"], (lv["sessions"], side)
+
+    backend = r["backend"]
+    assert backend["cpu_s_per_1k_tokens"] > 0
+    assert [i["sessions"] for i in backend["idle"]] == [0, 50, 100]
+    assert all(i["errors"] == 0 and i["rss_mb"] > 0 for i in backend["idle"])
+    assert backend["mb_per_idle_session"] is not None
+
+    assert {t["target"] for t in r["targets"]} >= {"RSS per idle WebSocket session (MB)"}
+    after = {p: p.stat().st_mtime_ns for p in docs.glob("bench.*")} if docs.is_dir() else {}
+    assert after == before, "the smoke test must not write docs/"
