@@ -3,6 +3,7 @@
 * ``python -m backend [FLAGS]`` (or ``serve``): run the app; ``--help`` lists every setting.
 * ``python -m backend swarm MODEL_PATH [--servers N | --blocks A:B ...]``: a private swarm on loopback.
 * ``python -m backend model prepare [--gguf FILE]``: download/convert the embedded model.
+* ``python -m backend settings``: the settings table (Markdown) for the README.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ def main(argv: list[str]) -> int:
         from .swarm.cli import main as swarm_main
 
         return swarm_main(argv[1:])
+    if argv and argv[0] == "settings":  # the README's settings table
+        from .settings import markdown_table
+
+        print(markdown_table())
+        return 0
     if argv and argv[0] == "serve":
         argv = argv[1:]
 

@@ -35,15 +35,16 @@ def embedded_model(settings: Settings):
 
 
 def start_embedded_swarm(settings: Settings, spec):
-    from .engine.device import resolve_device
+    from .engine.device import resolve_block_dtype, resolve_device
     from .swarm.launcher import LocalSwarm
 
     device = resolve_device(settings.device)
     swarm = LocalSwarm(spec.repository, dht_prefix=spec.dht_prefix or spec.key,
-                       servers=settings.embedded_blocks_servers, torch_dtype=settings.embedded_dtype,
+                       servers=settings.embedded_blocks_servers, torch_dtype=resolve_block_dtype(settings.embedded_dtype, device),
                        device=device, first_port=settings.embedded_port,
                        log_file=settings.models_dir / "embedded-swarm.log")
-    print(f"Starting the embedded Petals swarm ({spec.key}, {device}); log: {swarm.log_file.name}", flush=True)
+    print(f"Starting the embedded Petals swarm ({spec.key}, {device}, {swarm.torch_dtype}); "
+          f"log: {swarm.log_file.name}", flush=True)
     peers = swarm.start()
     return swarm, peers
 

@@ -98,8 +98,9 @@ class Settings:
     frontend_dir: Path = _setting(REPO_ROOT / "frontend" / "dist", "Folder of the built web app served at '/'.")
     embedded_blocks_servers: int = _setting(1, "Server processes of the embedded swarm (blocks split evenly).",
                                             minimum=1)
-    embedded_dtype: str = _setting("float32", "dtype of the embedded swarm's transformer blocks: float32 or "
-                                   "bfloat16.", choices=("float32", "bfloat16", "float16"))
+    embedded_dtype: str = _setting("auto", "dtype of the embedded swarm's transformer blocks: auto (GPU: float16; "
+                                   "CPU: bfloat16 with AVX-512 BF16, else float32), float32, bfloat16 or float16.",
+                                   choices=("auto", "float32", "bfloat16", "float16"))
     embedded_port: int = _setting(0, "TCP port of the embedded swarm's first server (0: pick a free one).",
                                   minimum=0, maximum=65535)
     debug: bool = _setting(False, "Send Python tracebacks to clients in errors (never in production).")
@@ -203,6 +204,20 @@ def load_settings(environ: Mapping[str, str] | None = None, cli: Mapping[str, An
     settings = Settings(**values)
     _validate(settings)
     return settings
+
+
+def markdown_table() -> str:
+    """The README's settings table (``python -m backend settings``), generated from the fields."""
+    rows = ["| Environment variable | Flag | Default | Meaning |", "| --- | --- | --- | --- |"]
+    for f in SETTING_FIELDS:
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if isinstance(default, Path):
+            default = default.relative_to(REPO_ROOT) if default.is_relative_to(REPO_ROOT) else default
+        if isinstance(default, list):
+            default = " ".join(default) or "(empty)"
+        default = default if default != "" else "(empty)"
+        rows.append(f"| `{env_name(f.name)}` | `--{f.name.replace('_', '-')}` | `{default}` | {f.metadata['help']} |")
+    return "\n".join(rows)
 
 
 def parse_cli(argv: Sequence[str]) -> dict[str, Any]:

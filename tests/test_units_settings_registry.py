@@ -54,9 +54,12 @@ def test_cli_rejects_bad_settings_before_loading_anything():
 
 
 def test_every_setting_is_documented_in_the_readme():
+    from backend.settings import markdown_table
+
     readme = (REPO / "README.md").read_text()
     missing = [env_name(f.name) for f in SETTING_FIELDS if f"`{env_name(f.name)}`" not in readme]
     assert not missing, f"settings missing from README: {missing}"
+    assert markdown_table() in readme, "README's settings table is stale: paste `python -m backend settings`"
 
 
 def test_default_registry(tmp_path):
