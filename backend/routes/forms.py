@@ -70,7 +70,10 @@ async def read_params(request: Request, model: type[BaseModel], max_bytes: int) 
         raise TooLarge(f"request body is too large ({request.content_length} bytes, limit {max_bytes})")
     values: dict[str, Any] = coerce_strings(model, dict(request.args))
     if request.mimetype == "application/json":
-        body = await request.get_data(as_text=True)
+        try:
+            body = (await request.get_data(as_text=False)).decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRequest("malformed JSON: the body is not UTF-8") from None
         try:
             data = json.loads(body) if body.strip() else {}
         except ValueError as e:

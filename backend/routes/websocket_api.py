@@ -87,7 +87,7 @@ class _Connection:
         try:
             await asyncio.wait_for(websocket.send(json.dumps(payload, ensure_ascii=False)),
                                    self.settings.send_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise _Drop(None, 1008) from None
 
     async def pump(self) -> None:
@@ -138,7 +138,7 @@ class _Connection:
         left = self.deadline - loop.time()
         try:
             raw = await asyncio.wait_for(self.inbox.get(), timeout=max(0.0, min(settings.step_timeout, left)))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             if left <= settings.step_timeout:
                 raise _Drop(self._time_limit_message()) from None
             raise _Drop(f"Session closed: no request for {settings.step_timeout:g} seconds") from None

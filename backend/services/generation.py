@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
+from ..engine.types import Engine, EngineSession, SamplingParams
 from ..errors import MAX_LENGTH_EXCEEDED, BadRequest, Forbidden, LengthExceeded, UnknownModel
 from ..registry import ModelSpec, Registry
-from ..engine.types import Engine, EngineSession, SamplingParams
 from .limits import SessionLimiter
 from .metrics import Metrics
 
@@ -49,7 +49,7 @@ class GenerateSpec:
 class Conversation:
     """One open inference session (a socket's, or one HTTP request's)."""
 
-    def __init__(self, service: "GenerationService", spec: ModelSpec, session: EngineSession, client: str):
+    def __init__(self, service: GenerationService, spec: ModelSpec, session: EngineSession, client: str):
         self.service = service
         self.spec = spec
         self.session = session

@@ -8,10 +8,18 @@ learns that the shutdown began and lets every socket answer
 once, generating ones when their generation ends (or when the grace period is
 almost over).
 
+Hypercorn closes every WebSocket as soon as its shutdown starts (its
+``graceful_timeout`` covers HTTP requests only), so the watch also holds
+Hypercorn's shutdown back until running generations have ended, at most
+``graceful_timeout`` seconds.
+
 How it learns: a single Hypercorn process (``python -m backend``, or
 ``hypercorn`` with ``workers = 0``) handles the signals on its event loop: the
-watch wraps those handlers. A worker of a multi-process Hypercorn gets no
-signal; its parent sets a shared event, which the watch polls.
+watch wraps those handlers, and calls Hypercorn's once the generations are
+done. A worker of a multi-process Hypercorn gets no signal; its parent sets a
+shared event that the worker polls: :func:`hold_hypercorn_workers` (called when
+``backend.asgi`` is imported, before Hypercorn builds that poll) makes the poll
+wait for the watch too.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ logger = logging.getLogger("backend")
 
 SHUTTING_DOWN = "Server is shutting down"
 SHUTDOWN = object()  # put into every registered inbox when the shutdown begins
+_WATCHES: list[ShutdownWatch] = []  # installed in this process (one per serving app)
 
 
 class ShutdownWatch:
@@ -36,6 +45,7 @@ class ShutdownWatch:
         self.inboxes: set[asyncio.Queue] = set()
         self.timeouts: set[asyncio.Timeout] = set()
         self._poller: asyncio.Task | None = None
+        self._finisher: asyncio.Task | None = None
 
     # -- who learns about it ---------------------------------------------------
     def install(self) -> None:
@@ -47,13 +57,26 @@ class ShutdownWatch:
             if previous is None:  # not ours to take over: the default action stays
                 continue
             loop.add_signal_handler(sig, self._chain, previous)
+        _WATCHES.append(self)
         event = _multiprocess_shutdown_event()
         if event is not None:
             self._poller = loop.create_task(self._poll(event))
 
     def _chain(self, previous: asyncio.Handle) -> None:
         self.begin()
-        previous._run()  # Hypercorn's own handler: starts its shutdown
+
+        async def then_hypercorn() -> None:
+            await self.drained()
+            previous._run()  # Hypercorn's own handler: starts its shutdown
+
+        self._finisher = asyncio.get_running_loop().create_task(then_hypercorn())
+
+    async def drained(self) -> None:
+        """Until no generation runs (or the grace period is over), then a moment for the last replies."""
+        loop = asyncio.get_running_loop()
+        while self.timeouts and self.deadline is not None and loop.time() < self.deadline + 0.5:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
 
     async def _poll(self, event) -> None:
         while not event.is_set():
@@ -63,6 +86,8 @@ class ShutdownWatch:
     def close(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
+        if self in _WATCHES:
+            _WATCHES.remove(self)
 
     # -- what it does --------------------------------------------------------------
     def begin(self) -> None:
@@ -87,3 +112,23 @@ def _multiprocess_shutdown_event():
     kwargs = getattr(multiprocessing.current_process(), "_kwargs", None) or {}
     event = kwargs.get("shutdown_event")
     return event if hasattr(event, "is_set") else None
+
+
+def hold_hypercorn_workers() -> None:
+    """Make a multi-worker Hypercorn's shutdown poll wait for this process's watches (see the module doc)."""
+    try:
+        import hypercorn.asyncio.run as hypercorn_run
+    except ImportError:  # pragma: no cover - another server
+        return
+    original = hypercorn_run.check_multiprocess_shutdown_event
+    if getattr(original, "holds_petals_chat", False):
+        return
+
+    async def check_multiprocess_shutdown_event(shutdown_event, sleep) -> None:
+        await original(shutdown_event, sleep)
+        for watch in list(_WATCHES):
+            watch.begin()
+            await watch.drained()
+
+    check_multiprocess_shutdown_event.holds_petals_chat = True
+    hypercorn_run.check_multiprocess_shutdown_event = check_multiprocess_shutdown_event
