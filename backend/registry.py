@@ -90,7 +90,7 @@ class Registry:
                 return spec
         return None
 
-    def subset(self, *, embedded: bool) -> "Registry":
+    def subset(self, *, embedded: bool) -> Registry:
         """The models served in this mode: embedded-only with the local swarm, all otherwise."""
         if not embedded:
             return self

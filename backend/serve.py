@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import sys
 from pathlib import Path
 
 from .registry import load_registry
@@ -40,7 +39,8 @@ def start_embedded_swarm(settings: Settings, spec):
 
     device = resolve_device(settings.device)
     swarm = LocalSwarm(spec.repository, dht_prefix=spec.dht_prefix or spec.key,
-                       servers=settings.embedded_blocks_servers, torch_dtype=resolve_block_dtype(settings.embedded_dtype, device),
+                       servers=settings.embedded_blocks_servers,
+                       torch_dtype=resolve_block_dtype(settings.embedded_dtype, device),
                        device=device, first_port=settings.embedded_port,
                        log_file=settings.models_dir / "embedded-swarm.log")
     print(f"Starting the embedded Petals swarm ({spec.key}, {device}, {swarm.torch_dtype}); "

@@ -15,9 +15,10 @@ import argparse
 import dataclasses
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 ENV_PREFIX = "PETALS_CHAT_"
 REPO_ROOT = Path(__file__).resolve().parent.parent

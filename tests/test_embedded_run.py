@@ -19,7 +19,6 @@ from pathlib import Path
 import psutil
 import pytest
 import websockets
-
 from conftest import REPO, free_port, start_backend, stop_backend
 
 pytestmark = pytest.mark.timeout(400)

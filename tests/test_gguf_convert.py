@@ -130,14 +130,16 @@ def test_tokenizer_loads_with_transformers(tmp_path: Path) -> None:
     assert tokenizer.convert_ids_to_tokens(ids) == ["hello", "Ġworld"]
     assert ids == [tokens.index("hello"), tokens.index("Ġworld")]
     assert tokenizer.decode(ids) == "hello world"
-    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token) == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
+    specials = (tokenizer.bos_token, tokenizer.eos_token, tokenizer.pad_token)
+    assert specials == ("<|im_start|>", "<|im_end|>", "<|im_end|>")
     assert tokenizer.unk_token == "<|endoftext|>"
     # control and user-defined tokens keep their GGUF ids and are matched whole, never split
     text = "<|im_start|>hello<tool><|im_end|>"
     assert tokenizer.encode(text) == [1, tokens.index("hello"), tokens.index("<tool>"), 2]
     assert tokenizer.decode(tokenizer.encode(text), skip_special_tokens=True) == "hello"
     assert len(tokenizer) == len(tokens)
-    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
+                                             add_generation_prompt=True)
     assert rendered == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
 
 

@@ -20,7 +20,8 @@ def test_defaults_are_valid():
 
 
 def test_environment_and_cli_precedence():
-    env = {"PETALS_CHAT_PORT": "6000", "PETALS_CHAT_INITIAL_PEERS": "/ip4/1.2.3.4/tcp/1/p2p/Qm1, /ip4/5.6.7.8/tcp/2/p2p/Qm2",
+    env = {"PETALS_CHAT_PORT": "6000",
+           "PETALS_CHAT_INITIAL_PEERS": "/ip4/1.2.3.4/tcp/1/p2p/Qm1, /ip4/5.6.7.8/tcp/2/p2p/Qm2",
            "PETALS_CHAT_DEBUG": "true"}
     s = load_settings(environ=env, cli=parse_cli(["--port", "7000", "--no-debug"]))
     assert s.port == 7000 and s.debug is False

@@ -160,7 +160,7 @@ def test_bad_open_requests_get_one_line_errors_and_the_socket_survives(live_serv
             return answers, opened, reply
 
     answers, opened, reply = run(scenario())
-    for (payload, phrase), answer in zip(BAD_REQUESTS, answers):
+    for (payload, phrase), answer in zip(BAD_REQUESTS, answers, strict=True):
         assert answer["ok"] is False, payload
         assert phrase in answer["traceback"], (payload, answer)
         assert "\n" not in answer["traceback"] and "Traceback" not in answer["traceback"]
@@ -199,7 +199,7 @@ def test_bad_generate_requests_keep_the_session(live_server, reference):
             return answers, reply
 
     answers, reply = run(scenario())
-    for (payload, phrase), answer in zip(BAD_GENERATES, answers):
+    for (payload, phrase), answer in zip(BAD_GENERATES, answers, strict=True):
         assert answer["ok"] is False and phrase in answer["traceback"], (payload, answer)
         assert "\n" not in answer["traceback"]
     # the session is intact: the reply equals a fresh greedy run from "hello"

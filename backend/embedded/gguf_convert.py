@@ -109,7 +109,8 @@ def _refuse_unsupported_variants(reader: gguf.GGUFReader, meta: LlamaMetadata) -
     rotary = int(get_field(reader, "llama.rope.dimension_count", meta.head_dim))
     if rotary != meta.head_dim:
         raise ConversionError(
-            f"partial rotary embedding (llama.rope.dimension_count {rotary} != head size {meta.head_dim}) is unsupported"
+            f"partial rotary embedding (llama.rope.dimension_count {rotary} != head size {meta.head_dim}) "
+            "is unsupported"
         )
     key_length = int(get_field(reader, "llama.attention.key_length", meta.head_dim))
     if key_length != meta.head_dim:

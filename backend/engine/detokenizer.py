@@ -16,7 +16,7 @@ The deltas concatenate exactly to the decoding of all generated tokens.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 REPLACEMENT = "\ufffd"
 MAX_HOLD = 4
@@ -55,7 +55,7 @@ class IncrementalDetokenizer:
             delta = full_text[len(prefix_text):]
         else:  # the tokenizer merged across the boundary: fall back to the common prefix
             common = 0
-            for a, b in zip(prefix_text, full_text):
+            for a, b in zip(prefix_text, full_text, strict=False):
                 if a != b:
                     break
                 common += 1

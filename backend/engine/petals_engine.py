@@ -15,13 +15,22 @@ import itertools
 import logging
 import re
 import threading
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 from ..compat import import_petals
-from ..errors import (CACHE_FULL, MAX_LENGTH_EXCEEDED, BadRequest, Busy, LengthExceeded, NotReady, SwarmError,
-                      UnknownModel)
+from ..errors import (
+    CACHE_FULL,
+    MAX_LENGTH_EXCEEDED,
+    BadRequest,
+    Busy,
+    LengthExceeded,
+    NotReady,
+    SwarmError,
+    UnknownModel,
+)
 from ..registry import ModelSpec
 from . import petals_patches
 from .detokenizer import IncrementalDetokenizer

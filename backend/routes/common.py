@@ -21,11 +21,11 @@ EXTENSION = "petals_chat"
 class AppState:
     """What the routes need, kept on the app (never in module globals)."""
 
-    settings: "Settings"
-    metrics: "Metrics"
-    registry: "Registry"
-    service: "GenerationService | None" = None
-    engine: "Engine | None" = None
+    settings: Settings
+    metrics: Metrics
+    registry: Registry
+    service: GenerationService | None = None
+    engine: Engine | None = None
     loading_error: str | None = None
     embedded_swarm: Any = None
     loader: Any = None  # the future of the model-loading thread

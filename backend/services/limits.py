@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 from ..errors import BUSY, Busy
 

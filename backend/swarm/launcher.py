@@ -21,9 +21,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from .server_main import READY_MARKER
 
@@ -106,7 +106,7 @@ class LocalSwarm:
         self.initial_peers: list[str] = []
 
     # -- lifecycle ----------------------------------------------------------
-    def __enter__(self) -> "LocalSwarm":
+    def __enter__(self) -> LocalSwarm:
         self.start()
         return self
 
