@@ -174,3 +174,19 @@ def write_all(r: dict, out: Path, docs: Path | None) -> None:
         docs.mkdir(parents=True, exist_ok=True)
         chart(r, docs / "bench.png")
         (docs / "bench.md").write_text(markdown(r))
+        update_readme(docs.parent / "README.md", markdown(r))
+
+
+README_START = "<!-- bench:start (written by make bench) -->"
+README_END = "<!-- bench:end -->"
+
+
+def update_readme(readme: Path, table: str) -> None:
+    """Replace the README's Performance table (between the bench markers) with this run's."""
+    if not readme.is_file():
+        return
+    text = readme.read_text()
+    start, end = text.find(README_START), text.find(README_END)
+    if start < 0 or end < start:
+        return
+    readme.write_text(text[:start + len(README_START)] + "\n" + table.strip() + "\n" + text[end:])

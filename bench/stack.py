@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,28 +16,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 EMBEDDED_DIR = REPO / "models" / "SmolLM2-135M-Instruct"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 MODEL_KEY = "bench"
-
-
-def make_tiny_model(folder: Path, tokenizer_dir: Path, *, seed: int = 0, layers: int = 4) -> Path:
-    """A random-weight Llama (hidden 64) with the embedded model's tokenizer (as tests/conftest.py)."""
-    import torch
-    import transformers
-
-    torch.manual_seed(seed)
-    tok_config = json.loads((tokenizer_dir / "config.json").read_text())
-    config = transformers.LlamaConfig(
-        vocab_size=tok_config["vocab_size"], hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5,
-        bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False, torch_dtype="float32")
-    model = transformers.LlamaForCausalLM(config)
-    with torch.no_grad():  # random init gives near-uniform logits; widen them so greedy choices are clear
-        model.lm_head.weight.mul_(40.0)
-    model.save_pretrained(folder, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        shutil.copy(tokenizer_dir / name, folder / name)
-    return folder
 
 
 REGISTRY = """

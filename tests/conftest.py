@@ -12,9 +12,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -30,7 +28,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 
 
@@ -50,28 +47,10 @@ def embedded_dir() -> Path:
     return embedded_model_dir()
 
 
-def make_tiny_model(folder: Path, tokenizer_dir: Path, *, seed: int = 0, layers: int = 4) -> Path:
-    import torch
-    import transformers
-
-    torch.manual_seed(seed)
-    tok_config = json.loads((tokenizer_dir / "config.json").read_text())
-    config = transformers.LlamaConfig(
-        vocab_size=tok_config["vocab_size"], hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rms_norm_eps=1e-5,
-        bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=False, torch_dtype="float32")
-    model = transformers.LlamaForCausalLM(config)
-    # random init gives near-uniform logits; widen them so greedy choices are unambiguous
-    with torch.no_grad():
-        model.lm_head.weight.mul_(40.0)
-    model.save_pretrained(folder, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        shutil.copy(tokenizer_dir / name, folder / name)
-    return folder
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, embedded_dir) -> Path:
+    from backend.swarm.tiny_model import make_tiny_model
+
     return make_tiny_model(tmp_path_factory.mktemp("tiny-llama"), embedded_dir)
 
 
@@ -157,6 +136,15 @@ class LiveServer:
 
     def open_sessions(self) -> float:
         return self.metrics_value("petals_chat_sessions_open")
+
+    def wait_for_sessions(self, expected: float = 0, timeout: float = 20) -> float:
+        """Poll the open-sessions gauge until it equals ``expected`` (or time runs out); return it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.open_sessions()
+            if value == expected or time.monotonic() > deadline:
+                return value
+            time.sleep(0.1)
 
 
 def free_port() -> int:

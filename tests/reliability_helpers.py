@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,13 +53,6 @@ async def collect(ws, request: dict, timeout: float = 60, on_reply=None) -> list
             return replies
 
 
-def wait_for_sessions(server, expected: float = 0, timeout: float = 20) -> float:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = server.open_sessions()
-        if value == expected or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 def pick_stop(reference, generated: list[int], lowest: int) -> int:

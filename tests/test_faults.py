@@ -20,7 +20,7 @@ import time
 
 import httpx
 import pytest
-from reliability_helpers import ask, backend, backend_env, collect, connect, pick_stop, wait_for_sessions
+from reliability_helpers import ask, backend, backend_env, collect, connect, pick_stop
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -108,7 +108,7 @@ def test_killed_server_mid_generation_is_replaced_transparently(fault_swarm, fau
     assert "".join(r["outputs"] for r in second) == reference.decode(gen2[:p + 1])
     assert sum(r["token_count"] for r in second) == p + 1
     print(f"generation with a server killed after {killed_at[0]} tokens: {p + 1} tokens in {took:.1f} s")
-    assert wait_for_sessions(fault_backend, 0) == 0
+    assert fault_backend.wait_for_sessions(0) == 0
 
 
 def test_losing_the_only_server_of_some_blocks_gives_a_clear_error_in_time(fault_swarm, fault_backend):
@@ -134,7 +134,7 @@ def test_losing_the_only_server_of_some_blocks_gives_a_clear_error_in_time(fault
     assert "the inference session was closed" in message
     assert "retry later" in message and "12D3Koo" not in message  # clear, without peer ids or links
     assert took < ERROR_BOUND_S
-    assert wait_for_sessions(fault_backend, 0) == 0
+    assert fault_backend.wait_for_sessions(0) == 0
     # the HTTP API says the same, with a 503
     r = httpx.post(fault_backend.url + "/api/v1/generate", data={"model": "tiny", "inputs": "Hi",
                                                                  "max_new_tokens": "2"}, timeout=ERROR_BOUND_S + 30)

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability_helpers import connect, wait_for_sessions
+from reliability_helpers import connect
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -106,7 +106,7 @@ def test_fuzz_websocket_sequences(live_server, counters):
     case()
     print(f"websocket fuzz: {counters['ws']} sequences, {counters['replies']} replies")
     assert counters["ws"] == WS_CASES
-    assert wait_for_sessions(live_server, 0) == 0
+    assert live_server.wait_for_sessions(0) == 0
 
 
 http_value = st.one_of(text, small_int.map(str), huge.map(str), st.sampled_from(["1", "0", "yes", "true", "-1"]))
@@ -152,4 +152,4 @@ def test_fuzz_http_generate(live_server, counters):
         client.close()
     print(f"http fuzz: {counters['http']} requests")
     assert counters["http"] == HTTP_CASES
-    assert wait_for_sessions(live_server, 0) == 0
+    assert live_server.wait_for_sessions(0) == 0

@@ -19,7 +19,7 @@ import httpx
 import psutil
 import pytest
 import websockets
-from reliability_helpers import ask, backend, backend_env, collect, connect, wait_for_sessions
+from reliability_helpers import ask, backend, backend_env, collect, connect
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -73,7 +73,7 @@ def test_sessions_per_client_and_global_at_and_beyond_the_limit(limited):
     assert http_full.status_code == 429 and http_full.json()["traceback"].startswith(BUSY)
     assert open_now == 6
     assert retry == {"ok": True}
-    assert wait_for_sessions(limited, 0) == 0
+    assert limited.wait_for_sessions(0) == 0
 
 
 def test_websocket_message_over_the_limit_closes_with_1009(limited):
@@ -89,7 +89,7 @@ def test_websocket_message_over_the_limit_closes_with_1009(limited):
     opened, closed = asyncio.run(scenario())
     assert opened == {"ok": True}
     assert closed.rcvd is not None and closed.rcvd.code == 1009  # "message too big"
-    assert wait_for_sessions(limited, 0) == 0
+    assert limited.wait_for_sessions(0) == 0
 
 
 def test_http_body_over_the_limit_gets_413_in_one_line(limited):
@@ -126,7 +126,7 @@ def test_inputs_over_the_token_limit_get_a_clear_error(limited):
     r = httpx.post(limited.url + "/api/v1/generate", data={"model": "tiny", "inputs": long_inputs,
                                                            "max_new_tokens": "1"}, timeout=30)
     assert r.status_code == 400 and "limit 40" in r.json()["traceback"]
-    assert wait_for_sessions(limited, 0) == 0
+    assert limited.wait_for_sessions(0) == 0
 
 
 def test_total_connection_time_limit_idle_and_generating(limited):
@@ -155,7 +155,7 @@ def test_total_connection_time_limit_idle_and_generating(limited):
     assert notice["ok"] is False and limit in notice["traceback"] and 4 < waited < 9
     assert all(r["ok"] for r in replies[:-1]) and len(replies) > 3  # it was generating
     assert replies[-1]["ok"] is False and limit in replies[-1]["traceback"]
-    assert wait_for_sessions(limited, 0) == 0
+    assert limited.wait_for_sessions(0) == 0
 
 
 def test_flooding_requests_while_generating_closes_the_connection(limited):
@@ -174,7 +174,7 @@ def test_flooding_requests_while_generating_closes_the_connection(limited):
     replies, closed = asyncio.run(scenario())
     assert replies[-1]["ok"] is False and "Too many requests" in replies[-1]["traceback"]
     assert closed.rcvd is not None and closed.rcvd.code == 1008
-    assert wait_for_sessions(limited, 0) == 0
+    assert limited.wait_for_sessions(0) == 0
 
 
 def test_load_beyond_the_limits_every_answer_is_ok_or_busy(limited):
@@ -211,7 +211,7 @@ def test_load_beyond_the_limits_every_answer_is_ok_or_busy(limited):
     asyncio.run(scenario())
     print(f"load: {outcomes.count('ok')} served, {outcomes.count('busy')} busy of {len(outcomes)}")
     assert len(outcomes) == 52 and outcomes.count("ok") >= 6 and outcomes.count("busy") >= 1
-    assert wait_for_sessions(limited, 0) == 0
+    assert limited.wait_for_sessions(0) == 0
 
 
 def test_thousand_abrupt_disconnects_leak_nothing(limited):
@@ -229,12 +229,12 @@ def test_thousand_abrupt_disconnects_leak_nothing(limited):
         return results
 
     asyncio.run(rounds(100))  # warm-up: first-use allocations are not leaks
-    assert wait_for_sessions(limited, 0) == 0
+    assert limited.wait_for_sessions(0) == 0
     before = process.memory_info().rss
     started = time.monotonic()
     results = asyncio.run(rounds(1000))
     took = time.monotonic() - started
-    assert wait_for_sessions(limited, 0) == 0
+    assert limited.wait_for_sessions(0) == 0
     after = process.memory_info().rss
     growth_mb = (after - before) / 2**20
     print(f"1000 abrupt disconnects in {took:.1f} s: {results.count('ok')} opened, {results.count('busy')} busy; "

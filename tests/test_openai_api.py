@@ -218,17 +218,10 @@ def test_legacy_http_api_streams_server_sent_events(live_server, reference):
     assert "".join(d["outputs"] for d in deltas) == plain["outputs"] == expected_text
 
 
-def _wait_for_sessions(server, expected_value: float, timeout: float = 20) -> float:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = server.open_sessions()
-        if value == expected_value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 def test_client_disconnect_mid_stream_closes_the_session(live_server):
-    assert _wait_for_sessions(live_server, 0) == 0
+    assert live_server.wait_for_sessions(0) == 0
     body = {"model": "tiny", "prompt": "A long story", "max_tokens": 1900, "temperature": 0, "stream": True,
             "stop": "never-generated-sequence"}
     with httpx.stream("POST", live_server.url + "/v1/completions", json=body, timeout=60) as response:
@@ -238,7 +231,7 @@ def test_client_disconnect_mid_stream_closes_the_session(live_server):
         assert live_server.open_sessions() == 1  # still generating
     # leaving the block closes the connection mid-stream
     started = time.monotonic()
-    assert _wait_for_sessions(live_server, 0, timeout=10) == 0
+    assert live_server.wait_for_sessions(0, timeout=10) == 0
     assert time.monotonic() - started < 5
     tokens = live_server.metrics_value("petals_chat_tokens_generated_total")
     time.sleep(0.5)

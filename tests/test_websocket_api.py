@@ -220,17 +220,10 @@ def test_private_model_only_for_own_origin(live_server):
     assert own == {"ok": True}
 
 
-def _wait_for_sessions(server, expected: float, timeout: float = 20) -> float:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = server.open_sessions()
-        if value == expected or time.monotonic() > deadline:
-            return value
-        time.sleep(0.2)
 
 
 def test_abrupt_disconnect_mid_generation_frees_the_session(live_server):
-    assert _wait_for_sessions(live_server, 0) == 0
+    assert live_server.wait_for_sessions(0) == 0
 
     async def scenario():
         ws = await _connect(live_server)
@@ -242,7 +235,7 @@ def test_abrupt_disconnect_mid_generation_frees_the_session(live_server):
         ws.transport.abort()  # no close frame: an abrupt disconnect
 
     run(scenario())
-    assert _wait_for_sessions(live_server, 0) == 0
+    assert live_server.wait_for_sessions(0) == 0
     # the server still serves new connections
     async def again():
         async with await _connect(live_server) as ws:
@@ -269,6 +262,6 @@ def test_idle_connection_is_closed_after_step_timeout(tmp_path, swarm, test_regi
         notice, waited = run(scenario())
         assert notice["ok"] is False and "no request for 1.5 seconds" in notice["traceback"]
         assert 1.0 < waited < 8
-        assert _wait_for_sessions(server, 0) == 0
+        assert server.wait_for_sessions(0) == 0
     finally:
         stop_backend(server)
