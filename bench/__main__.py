@@ -23,9 +23,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from backend.swarm.tiny_model import make_tiny_model  # noqa: E402
+
 from . import clients, report  # noqa: E402
 from .resources import CpuMeter, machine, usage  # noqa: E402
-from .stack import EMBEDDED_DIR, MODEL_KEY, REPO, make_tiny_model, start_backend, thread_env, write_registry  # noqa: E402
+from .stack import EMBEDDED_DIR, MODEL_KEY, REPO, start_backend, thread_env, write_registry  # noqa: E402
 from .stats import Stream, concurrent_summary, single_summary  # noqa: E402
 
 # Greedy decoding keeps counting: no end-of-text within the budget, so every stream has the same length.
