@@ -21,6 +21,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="dtype of the served blocks.")
     parser.add_argument("--device", default="cpu", help="cpu or cuda.")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="IPv4 address the servers listen on (0.0.0.0 or a LAN address lets other machines join).")
     parser.add_argument("--port", type=int, default=0, help="TCP port of the first server (0: any free port).")
     parser.add_argument("--quiet", action="store_true", help="Do not echo the servers' logs.")
     args = parser.parse_args(argv)
@@ -29,7 +31,8 @@ def main(argv: list[str]) -> int:
 
     prefix = args.dht_prefix or Path(args.model).resolve().name
     swarm = LocalSwarm(args.model, dht_prefix=prefix, blocks=args.blocks, servers=args.servers,
-                       torch_dtype=args.dtype, device=args.device, first_port=args.port, echo=not args.quiet)
+                       torch_dtype=args.dtype, device=args.device, host=args.host, first_port=args.port,
+                       echo=not args.quiet)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
