@@ -100,6 +100,46 @@ describe('chat page', { timeout: TEST_TIMEOUT_MS * 6 }, () => {
     }
   });
 
+  test('regenerate the last answer; edit an earlier message and resend from there', { timeout: TEST_TIMEOUT_MS }, async () => {
+    const { context, page, problems } = await openApp(browser);
+    try {
+      const frames = recordSentFrames(page);
+      await setMaxNewTokens(page, 8);
+      await sendMessage(page, 'First question');
+      await watchAnswer(page);
+      await sendMessage(page, 'Second question');
+      await watchAnswer(page);
+      assert.equal(await page.getByTestId('message-assistant').count(), 2);
+
+      // Regenerate: the last answer is produced again, in place (still two answers).
+      const before = frames.length;
+      await page.getByTestId('regenerate').last().click();
+      const regenerated = await watchAnswer(page);
+      assert.notEqual(regenerated.state, 'error');
+      assert.equal(await page.getByTestId('message-assistant').count(), 2);
+      const resent = frames.slice(before).filter((f) => f.type === 'generate');
+      assert.ok(resent.length >= 1, 'regenerate sends a new generate request');
+
+      // Edit the first question: everything after it is replaced by the new exchange.
+      await page.getByTestId('message-user').first().getByTestId('edit-message').click();
+      const editor = page.getByLabel('Edit your message');
+      await editor.fill('First question, edited');
+      await page.getByTestId('message-user').first().getByRole('button', { name: 'Send' }).click();
+      const edited = await watchAnswer(page);
+      assert.notEqual(edited.state, 'error');
+      const users = await page.getByTestId('message-user').allTextContents();
+      assert.equal(users.length, 1, `the later turns are dropped, got ${users}`);
+      assert.ok(users[0].includes('First question, edited'));
+      assert.equal(await page.getByTestId('message-assistant').count(), 1);
+      const last = frames.filter((f) => f.type === 'generate').at(-1);
+      assert.ok(last?.inputs?.includes('First question, edited'), 'the edited text is sent');
+      assert.ok(!last?.inputs?.includes('Second question'), 'the dropped turn is not sent');
+      await assertClean(page, problems);
+    } finally {
+      await context.close();
+    }
+  });
+
   test('switching model starts a new dialogue with that model', { timeout: TEST_TIMEOUT_MS }, async () => {
     const { context, page, problems } = await openApp(browser);
     try {
