@@ -16,6 +16,7 @@ import uuid
 from quart import Blueprint, Quart, g, request
 from quart_cors import cors
 
+from . import ws_compression
 from .openai import routes as openai_routes
 from .openapi import blueprint as openapi_blueprint
 from .registry import load_registry
@@ -63,6 +64,7 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
 
     @app.before_serving
     async def start_engine() -> None:
+        ws_compression.configure(settings.ws_compression)  # Hypercorn always offers it otherwise
         nonlocal engine
         if engine is None:
             from .engine.petals_engine import PetalsEngine

@@ -87,6 +87,8 @@ class Settings:
         4 * 1024 * 1024, "Largest WebSocket message a client may send, in bytes (larger: closed with code 1009).",
         minimum=1024)
     max_body_bytes: int = _setting(4 * 1024 * 1024, "Largest HTTP request body, in bytes (larger: 413).", minimum=1024)
+    ws_compression: bool = _setting(False, "Accept WebSocket compression (permessage-deflate). Off: token frames "
+                                    "are tiny, and compression costs CPU per frame and memory per connection.")
     send_timeout: float = _setting(
         30.0, "Seconds one WebSocket reply may wait for a slow client to read before the connection is dropped "
         "(bounds the memory a slow reader can hold).", minimum=0.1)

@@ -265,3 +265,14 @@ def test_idle_connection_is_closed_after_step_timeout(tmp_path, swarm, test_regi
         assert server.wait_for_sessions(0) == 0
     finally:
         stop_backend(server)
+
+
+def test_websocket_compression_is_declined_by_default(live_server):
+    """Token frames are tiny: the server declines permessage-deflate (see backend/ws_compression.py)."""
+    async def scenario():
+        async with await _connect(live_server) as ws:  # the client offers permessage-deflate
+            opened = await _ask(ws, {"type": "open_inference_session", "model": "tiny", "max_length": 16})
+            return ws.response.headers.get("Sec-WebSocket-Extensions"), opened
+
+    extensions, opened = run(scenario())
+    assert extensions is None and opened == {"ok": True}
