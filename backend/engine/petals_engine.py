@@ -152,7 +152,6 @@ class PetalsEngine:
         """Load every model (blocking: call from a thread). Failures mark the model not ready."""
         import_petals()
         petals_patches.apply()
-        import torch
         from petals import AutoDistributedModelForCausalLM
         from transformers import AutoTokenizer
 
@@ -189,7 +188,6 @@ class PetalsEngine:
             except Exception as e:  # one bad entry must not take the others down
                 status.error = f"{type(e).__name__}: {e}".splitlines()[0]
                 logger.warning("model %s failed to load: %s", key, status.error)
-        del torch
 
     def shutdown(self) -> None:
         """Close sessions and stop each model's DHT process and p2pd (nothing may outlive the app)."""

@@ -9,7 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 from quart import Request, current_app
 
-from ..errors import BadRequest
+from ..errors import BadRequest, TooLarge
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -58,15 +58,13 @@ def coerce_strings(model: type[BaseModel], data: dict[str, str]) -> dict[str, An
     return out
 
 
-async def read_params(request: Request, model: type[BaseModel], max_bytes: int) -> dict[str, Any]:
+async def read_params(request: Request, model: type[BaseModel]) -> dict[str, Any]:
     """Merge query string, form fields and a JSON body (JSON wins) into typed values.
 
-    The body limit is the app's ``MAX_CONTENT_LENGTH`` (the ``max_body_bytes`` setting) when set, else ``max_bytes``.
+    The body limit is the app's ``MAX_CONTENT_LENGTH`` (the ``max_body_bytes`` setting).
     """
-    max_bytes = current_app.config.get("MAX_CONTENT_LENGTH") or max_bytes
+    max_bytes = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None and request.content_length > max_bytes:
-        from ..errors import TooLarge
-
         raise TooLarge(f"request body is too large ({request.content_length} bytes, limit {max_bytes})")
     values: dict[str, Any] = coerce_strings(model, dict(request.args))
     if request.mimetype == "application/json":

@@ -23,8 +23,6 @@ from .forms import read_params
 logger = logging.getLogger(__name__)
 blueprint = Blueprint("http_api", __name__)
 
-MAX_BODY_BYTES = 2 * 1024 * 1024
-
 
 def _error_response(e: ApiError) -> Response:
     message = e.message
@@ -54,7 +52,7 @@ async def generate_http():
     app_state = state()
     try:
         require_api_key(request)
-        values = await read_params(request, protocol.HttpGenerateRequest, MAX_BODY_BYTES)
+        values = await read_params(request, protocol.HttpGenerateRequest)
         req = protocol.parse(protocol.HttpGenerateRequest, values)
         service = app_state.service
         if service is None:
