@@ -14,9 +14,9 @@ from quart import Blueprint, Response, current_app, g, jsonify, request
 
 from ..errors import ApiError, BadRequest, NotReady, TooLarge
 from ..protocol import parse
+from ..routes import sse
 from ..routes.auth import require_api_key
 from ..routes.common import client_address, is_own_origin, state
-from ..routes.sse import HEADERS as SSE_HEADERS
 from . import schemas
 from .serving import OpenAIServing
 
@@ -75,9 +75,7 @@ async def _generate(model: type[schemas.ChatCompletionRequest | schemas.Completi
         plan = serving.plan_chat if isinstance(req, schemas.ChatCompletionRequest) else serving.plan_completion
         job = plan(req, own_origin=is_own_origin(request), request_id=g.request_id)
         if req.stream:
-            response = Response(await serving.open_stream(job, client_address(request)), headers=SSE_HEADERS)
-            response.timeout = None  # a long generation must not be cut by Quart's response timeout
-            return response
+            return sse.response(await serving.open_stream(job, client_address(request)))
         result: BaseModel = await serving.complete(job, client_address(request))
         return jsonify(result.model_dump(mode="json"))
     except ApiError as e:

@@ -76,7 +76,7 @@ async def generate_http():
                     await rounds.aclose()
                 yield sse.DONE
 
-            return Response(sse.encode(events()), headers=sse.HEADERS)
+            return sse.response(events())
         text = "".join([r.outputs async for r in service.generate_once(spec, gen, client)])
         return jsonify(protocol.http_result(text))
     except ApiError as e:
