@@ -1,8 +1,10 @@
 """Errors every layer may raise, each with a one-line, client-safe message.
 
 Routes turn them into the wire format of their API (``{"ok": false,
-"traceback": ...}`` for the legacy APIs, OpenAI's error object for ``/v1``).
-Stable phrases that clients match on are kept here as constants.
+"traceback": ..., "code": legacy_code}`` for the legacy APIs, OpenAI's error
+object with ``code`` for ``/v1``). ``legacy_code`` is what legacy clients switch
+on (the README's API section lists the codes); the phrases older clients match
+in the text are kept here as constants.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ MAX_LENGTH_EXCEEDED = "Maximum length exceeded"
 CACHE_FULL = "attention cache is full"
 BUSY = "Server is busy"
 
+INTERNAL_ERROR = "internal_error"  # the legacy ``code`` of a failure that is a bug (no ApiError)
+
 
 class ApiError(Exception):
     """A request that cannot be served. ``status`` is the HTTP status to use."""
 
     status = 400
-    code = "invalid_request"
+    code = "invalid_request"  # OpenAI's error code
+    legacy_code = "bad_request"  # the legacy APIs' ``code`` field
 
     def __init__(self, message: str, *, param: str | None = None):
         super().__init__(message)
@@ -33,21 +38,25 @@ class BadRequest(ApiError):
 class Unauthorized(ApiError):
     status = 401
     code = "invalid_api_key"
+    legacy_code = "unauthorized"
 
 
 class Forbidden(ApiError):
     status = 403
     code = "forbidden"
+    legacy_code = "forbidden"
 
 
 class UnknownModel(ApiError):
     status = 404
     code = "model_not_found"
+    legacy_code = "unknown_model"
 
 
 class TooLarge(ApiError):
     status = 413
     code = "too_large"
+    legacy_code = "too_large"
 
 
 class LengthExceeded(ApiError):
@@ -55,6 +64,7 @@ class LengthExceeded(ApiError):
 
     status = 400
     code = "context_length_exceeded"
+    legacy_code = "max_length_exceeded"
 
 
 class Busy(ApiError):
@@ -62,11 +72,15 @@ class Busy(ApiError):
 
     status = 429
     code = "rate_limit_exceeded"
+    legacy_code = "busy"
 
 
 class NotReady(ApiError):
+    """The model is loading, or failed to load and is being retried (or the app is still starting)."""
+
     status = 503
     code = "model_not_ready"
+    legacy_code = "not_ready"
 
 
 class SwarmError(ApiError):
@@ -74,3 +88,10 @@ class SwarmError(ApiError):
 
     status = 503
     code = "swarm_error"
+    legacy_code = "swarm_error"
+
+
+class CacheFull(SwarmError):
+    """The swarm is out of capacity: no server has attention cache left (message contains CACHE_FULL)."""
+
+    legacy_code = "cache_full"

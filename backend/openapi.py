@@ -50,8 +50,11 @@ class LegacyDelta(_Doc):
 
 
 class LegacyError(_Doc):
+    """An error of the legacy APIs: one line of text and a stable code (the README lists the codes)."""
+
     ok: Literal[False]
     traceback: str
+    code: str
 
 
 class LegacyModels(_Doc):

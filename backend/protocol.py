@@ -101,8 +101,9 @@ def delta(outputs: str, *, stop: bool, token_count: int) -> dict[str, Any]:
     return {"ok": True, "outputs": outputs, "stop": stop, "token_count": token_count}
 
 
-def error(message: str) -> dict[str, Any]:
-    return {"ok": False, "traceback": message}
+def error(message: str, code: str) -> dict[str, Any]:
+    """An error reply: ``traceback`` (one line, the original's field name) and a stable ``code`` to switch on."""
+    return {"ok": False, "traceback": message, "code": code}
 
 
 def http_result(outputs: str) -> dict[str, Any]:

@@ -148,7 +148,7 @@ def test_sigterm_tells_open_sockets_and_exits(tls_server):
         return await asyncio.gather(last_words(idle), last_words(busy))
 
     (idle, idle_code, idle_at), (busy, busy_code, busy_at) = asyncio.run(scenario())
-    assert idle == [{"ok": False, "traceback": idle[0]["traceback"]}]
+    assert idle == [{"ok": False, "traceback": idle[0]["traceback"], "code": "shutting_down"}]
     assert idle[0]["traceback"].startswith("Server is shutting down") and idle_code == 1001 and idle_at < 2
     assert all(r["ok"] for r in busy[:-1]) and len(busy) > 2  # it kept generating during the grace period
     assert busy[-1]["ok"] is False and busy[-1]["traceback"].startswith("Server is shutting down")

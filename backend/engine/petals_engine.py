@@ -26,6 +26,7 @@ from ..errors import (
     MAX_LENGTH_EXCEEDED,
     BadRequest,
     Busy,
+    CacheFull,
     LengthExceeded,
     NotReady,
     SwarmError,
@@ -386,7 +387,7 @@ def _translate(error: BaseException) -> Exception:
     if MAX_LENGTH_EXCEEDED in text:
         return LengthExceeded(text)
     if CACHE_FULL in text.lower() or "AllocationFailed" in text:
-        return SwarmError(f"The swarm is out of capacity: {CACHE_FULL} ({text})")
+        return CacheFull(f"The swarm is out of capacity: {CACHE_FULL} ({text})")
     if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
         return SwarmError(f"The swarm did not answer in time: {text}")
     if type(error).__name__ in ("ControlFailure", "P2PDaemonError") or "failed to dial" in text:

@@ -1,7 +1,8 @@
 """Routes of the OpenAI-compatible API: parse the request, call :mod:`.serving`, format the answer.
 
 ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``.
-Every error is OpenAI's ``{"error": {"message", "type", "param", "code"}}``.
+Every error is OpenAI's ``{"error": {"message", "type", "param", "code"}}``: routes raise
+:class:`~backend.errors.ApiError` and the blueprint's handler formats it.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from typing import Any
 from pydantic import BaseModel
 from quart import Blueprint, Response, current_app, g, jsonify, request
 
-from ..errors import ApiError, BadRequest, NotReady, TooLarge
+from ..errors import ApiError, BadRequest, TooLarge
 from ..protocol import parse
 from ..routes import sse
 from ..routes.auth import require_api_key
-from ..routes.common import client_address, is_own_origin, state
+from ..routes.common import client_address, is_own_origin, service
 from . import schemas
 from .serving import OpenAIServing
 
@@ -31,11 +32,13 @@ def error_response(e: ApiError) -> Response:
     return response
 
 
+@blueprint.errorhandler(ApiError)
+async def api_error(e: ApiError) -> Response:
+    return error_response(e)
+
+
 def _serving() -> OpenAIServing:
-    app_state = state()
-    if app_state.service is None:
-        raise NotReady("Models are still loading, retry in a moment")
-    return OpenAIServing(app_state.service)
+    return OpenAIServing(service())
 
 
 async def _json_body() -> Any:
@@ -52,34 +55,24 @@ async def _json_body() -> Any:
 @blueprint.before_request
 async def check_api_key():
     if request.method != "OPTIONS":  # CORS preflights carry no credentials
-        try:
-            require_api_key(request)
-        except ApiError as e:
-            return error_response(e)
-    return None
+        require_api_key(request)
 
 
 @blueprint.get("/models")
 async def list_models():
-    try:
-        models = _serving().list_models(own_origin=is_own_origin(request))
-    except ApiError as e:
-        return error_response(e)
+    models = _serving().list_models(own_origin=is_own_origin(request))
     return jsonify(models.model_dump(mode="json"))
 
 
 async def _generate(model: type[schemas.ChatCompletionRequest | schemas.CompletionRequest]):
-    try:
-        req = parse(model, await _json_body())
-        serving = _serving()
-        plan = serving.plan_chat if isinstance(req, schemas.ChatCompletionRequest) else serving.plan_completion
-        job = plan(req, own_origin=is_own_origin(request), request_id=g.request_id)
-        if req.stream:
-            return sse.response(await serving.open_stream(job, client_address(request)))
-        result: BaseModel = await serving.complete(job, client_address(request))
-        return jsonify(result.model_dump(mode="json"))
-    except ApiError as e:
-        return error_response(e)
+    req = parse(model, await _json_body())
+    serving = _serving()
+    plan = serving.plan_chat if isinstance(req, schemas.ChatCompletionRequest) else serving.plan_completion
+    job = plan(req, own_origin=is_own_origin(request), request_id=g.request_id)
+    if req.stream:
+        return sse.response(await serving.open_stream(job, client_address(request)))
+    result: BaseModel = await serving.complete(job, client_address(request))
+    return jsonify(result.model_dump(mode="json"))
 
 
 @blueprint.post("/chat/completions")

@@ -36,7 +36,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..engine.types import SamplingParams
-from ..errors import MAX_LENGTH_EXCEEDED, ApiError, BadRequest, LengthExceeded, SwarmError, TooLarge
+from ..errors import MAX_LENGTH_EXCEEDED, ApiError, BadRequest, LengthExceeded, TooLarge
 from ..registry import ModelSpec
 from ..routes import sse
 from ..services.chat_format import completion_stop_sequences, format_chat
@@ -179,9 +179,8 @@ class OpenAIServing:
         rounds = self.service.generate_once(job.spec, job.gen, client)
         try:
             first = await anext(rounds, None)
-        except BaseException as e:
+        except BaseException:
             await rounds.aclose()
-            self._count_error(e)
             raise
         return TextRun(rounds, first, job.stops)
 
@@ -189,9 +188,6 @@ class OpenAIServing:
         run = await self._start(job, client)
         try:
             text = "".join([piece async for piece in run.pieces()])
-        except ApiError as e:
-            self._count_error(e)
-            raise
         finally:
             await run.close()
         self._log_done(job, run)
@@ -218,7 +214,6 @@ class OpenAIServing:
                 yield self._chunk(job, None, usage=self._usage(job, run))
             self._log_done(job, run)
         except ApiError as e:
-            self._count_error(e)
             logger.info("stream failed request_id=%s: %s", job.request_id, e.message)
             yield sse.event(s.ErrorResponse.of(e).model_dump(mode="json"))
         except Exception as e:  # a bug: log it, tell the client in one line
@@ -246,10 +241,6 @@ class OpenAIServing:
             choices = [] if content is None else [s.TextChunkChoice(text=content, finish_reason=finish_reason)]
             chunk = s.CompletionChunk(choices=choices, **common)
         return sse.event(chunk.model_dump(mode="json"))
-
-    def _count_error(self, e: BaseException) -> None:
-        if isinstance(e, SwarmError):
-            self.service.metrics.swarm_errors.inc()
 
     @staticmethod
     def _log_done(job: Job, run: TextRun) -> None:

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from quart import current_app
 
+from ..errors import NotReady
+
 if TYPE_CHECKING:
     from ..engine.types import Engine
     from ..registry import Registry
@@ -34,6 +36,14 @@ class AppState:
 
 def state() -> AppState:
     return current_app.extensions[EXTENSION]
+
+
+def service() -> GenerationService:
+    """The generation service every API route goes through (NotReady while the app is still starting)."""
+    generation = state().service
+    if generation is None:
+        raise NotReady("Models are still loading, retry in a moment")
+    return generation
 
 
 def client_address(conn) -> str:

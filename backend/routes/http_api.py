@@ -2,35 +2,26 @@
 
 ``/api/v1/generate`` takes form fields, a query string or JSON, and answers
 ``{"ok": true, "outputs": TEXT}``; with ``stream: true`` (an extension) it
-streams Server-Sent Events of the WebSocket API's delta shape.
+streams Server-Sent Events of the WebSocket API's delta shape. Errors are
+raised and formatted by :mod:`.legacy_errors`.
 """
 
 from __future__ import annotations
 
-import logging
-import traceback
+from collections.abc import AsyncIterator
 
-from quart import Blueprint, Response, jsonify, request
+from quart import Blueprint, jsonify, request
 
 from .. import protocol
-from ..errors import ApiError, NotReady, SwarmError
-from ..services.generation import GenerateSpec
-from . import sse
+from ..errors import ApiError
+from ..services.generation import GenerateSpec, Round
+from . import legacy_errors, sse
 from .auth import require_api_key
-from .common import client_address, state
+from .common import client_address, service, state
 from .forms import read_params
 
-logger = logging.getLogger(__name__)
 blueprint = Blueprint("http_api", __name__)
-
-
-def _error_response(e: ApiError) -> Response:
-    message = e.message
-    if state().settings.debug:
-        message += "\n" + traceback.format_exc()
-    response = jsonify(protocol.error(message))
-    response.status_code = e.status
-    return response
+legacy_errors.register(blueprint)
 
 
 @blueprint.get("/api/v1/models")
@@ -49,37 +40,32 @@ async def list_models():
 
 @blueprint.post("/api/v1/generate")
 async def generate_http():
-    app_state = state()
+    require_api_key(request)
+    values = await read_params(request, protocol.HttpGenerateRequest)
+    req = protocol.parse(protocol.HttpGenerateRequest, values)
+    generation = service()
+    spec = generation.resolve_model(req.model, own_origin=False)  # no public_api=false models over HTTP
+    gen = GenerateSpec(inputs=req.inputs, max_new_tokens=req.max_new_tokens, max_length=req.max_length,
+                       sampling=req.sampling(), round_tokens=1 if req.stream else None)
+    rounds = generation.generate_once(spec, gen, client_address(request))
+    if not req.stream:
+        return jsonify(protocol.http_result("".join([r.outputs async for r in rounds])))
     try:
-        require_api_key(request)
-        values = await read_params(request, protocol.HttpGenerateRequest)
-        req = protocol.parse(protocol.HttpGenerateRequest, values)
-        service = app_state.service
-        if service is None:
-            raise NotReady("Models are still loading, retry in a moment")
-        spec = service.resolve_model(req.model, own_origin=False)  # no public_api=false models over HTTP
-        gen = GenerateSpec(inputs=req.inputs, max_new_tokens=req.max_new_tokens, max_length=req.max_length,
-                           sampling=req.sampling(), round_tokens=1 if req.stream else None)
-        client = client_address(request)
-        if req.stream:
-            rounds = service.generate_once(spec, gen, client)
-            first = await anext(rounds)  # errors before the first token still get a proper status
+        first = await anext(rounds)  # errors before the first token still get a proper status
+    except BaseException:
+        await rounds.aclose()
+        raise
+    return sse.response(_events(first, rounds, debug=state().settings.debug))
 
-            async def events():
-                try:
-                    yield sse.event(protocol.delta(first.outputs, stop=first.stop, token_count=first.token_count))
-                    async for r in rounds:
-                        yield sse.event(protocol.delta(r.outputs, stop=r.stop, token_count=r.token_count))
-                except ApiError as e:
-                    yield sse.event(protocol.error(e.message))
-                finally:
-                    await rounds.aclose()
-                yield sse.DONE
 
-            return sse.response(events())
-        text = "".join([r.outputs async for r in service.generate_once(spec, gen, client)])
-        return jsonify(protocol.http_result(text))
+async def _events(first: Round, rounds: AsyncIterator[Round], *, debug: bool) -> AsyncIterator[str]:
+    """The stream's frames: every round, an error frame if the generation fails, then ``[DONE]``."""
+    try:
+        yield sse.event(protocol.delta(first.outputs, stop=first.stop, token_count=first.token_count))
+        async for r in rounds:
+            yield sse.event(protocol.delta(r.outputs, stop=r.stop, token_count=r.token_count))
     except ApiError as e:
-        if isinstance(e, SwarmError):
-            app_state.metrics.swarm_errors.inc()
-        return _error_response(e)
+        yield sse.event(legacy_errors.frame(e, debug=debug))
+    finally:
+        await rounds.aclose()
+    yield sse.DONE

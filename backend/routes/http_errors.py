@@ -14,15 +14,18 @@ from quart import Quart, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .. import protocol
+from ..errors import INTERNAL_ERROR
 
 logger = logging.getLogger(__name__)
+
+LEGACY_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}  # the legacy ``code`` by status
 
 
 def _body(status: int, message: str) -> dict:
     if request.path.startswith("/v1/") or request.path == "/v1":
         kind = "invalid_request_error" if status < 500 else "server_error"
         return {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
-    return protocol.error(message)
+    return protocol.error(message, LEGACY_CODES.get(status, INTERNAL_ERROR if status >= 500 else "bad_request"))
 
 
 def register(app: Quart) -> None:

@@ -1,7 +1,7 @@
 """WebSocket API ``/api/v2/generate`` (chat.petals.dev compatible).
 
 One connection holds at most one inference session. Every request gets an
-answer; a bad request gets ``{"ok": false, "traceback": ONE_LINE}`` and the
+answer; a bad request gets ``{"ok": false, "traceback": ONE_LINE, "code": CODE}`` and the
 connection stays usable. The session is closed when the connection ends,
 gracefully or not (Quart cancels this handler on disconnect).
 
@@ -20,15 +20,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import traceback
 
 from quart import Blueprint, websocket
 
 from .. import protocol
-from ..errors import ApiError, BadRequest, NotReady, SwarmError
+from ..errors import ApiError, BadRequest, SwarmError
 from ..services.generation import Conversation, GenerateSpec
 from ..services.shutdown import SHUTDOWN, SHUTTING_DOWN
-from .common import client_address, is_own_origin, state
+from . import legacy_errors
+from .common import client_address, is_own_origin, service, state
 
 logger = logging.getLogger(__name__)
 blueprint = Blueprint("websocket_api", __name__)
@@ -37,12 +37,16 @@ _WAKE = object()  # put by the pump after it stopped reading (self.flood says wh
 
 
 class _Drop(Exception):
-    """End the connection now (after telling the client, when that is still possible)."""
+    """End the connection now (after telling the client, when that is still possible).
 
-    def __init__(self, message: str | None, code: int = 1000):
+    ``code`` is the WebSocket close code, ``reason`` the error frame's legacy ``code``.
+    """
+
+    def __init__(self, message: str | None, code: int = 1000, *, reason: str = "closed"):
         super().__init__(message)
         self.message = message
         self.code = code
+        self.reason = reason
 
 
 def _decode(raw: str | bytes | None) -> dict:
@@ -63,15 +67,10 @@ def _short(value, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _debug_suffix(settings) -> str:
-    return "\n" + traceback.format_exc() if settings.debug else ""
-
-
 class _Connection:
     def __init__(self) -> None:
         self.app_state = state()
         self.settings = self.app_state.settings
-        self.metrics = self.app_state.metrics
         self.shutdown = self.app_state.shutdown
         self.client = client_address(websocket)
         self.own_origin = is_own_origin(websocket)
@@ -98,10 +97,10 @@ class _Connection:
             size = len(raw) if raw is not None else 0
             if size > settings.max_ws_message_bytes:
                 self.flood = _Drop(f"Message too large: {size} characters, limit {settings.max_ws_message_bytes} "
-                                   "bytes", 1009)
+                                   "bytes", 1009, reason="too_large")
             elif self.inbox.qsize() >= settings.max_queued_requests:
                 self.flood = _Drop(f"Too many requests: at most {settings.max_queued_requests} may wait while a "
-                                   "generation runs; closing the connection", 1008)
+                                   "generation runs; closing the connection", 1008, reason="too_many_requests")
             else:
                 self.inbox.put_nowait(raw)
                 continue
@@ -122,7 +121,7 @@ class _Connection:
             await self.close_conversation()  # first: the client may never read again
             if drop.message:
                 with contextlib.suppress(_Drop):
-                    await self.send(protocol.error(drop.message))
+                    await self.send(protocol.error(drop.message, drop.reason))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(websocket.close(drop.code, (drop.message or "")[:100]), 2)
         finally:
@@ -140,16 +139,18 @@ class _Connection:
             raw = await asyncio.wait_for(self.inbox.get(), timeout=max(0.0, min(settings.step_timeout, left)))
         except TimeoutError:
             if left <= settings.step_timeout:
-                raise _Drop(self._time_limit_message()) from None
-            raise _Drop(f"Session closed: no request for {settings.step_timeout:g} seconds") from None
+                raise self._time_limit() from None
+            raise _Drop(f"Session closed: no request for {settings.step_timeout:g} seconds",
+                        reason="idle_timeout") from None
         if self.flood is not None:
             raise self.flood
         if raw is SHUTDOWN or (self.shutdown is not None and self.shutdown.started.is_set()):
-            raise _Drop(f"{SHUTTING_DOWN}: reconnect in a moment", 1001)
+            raise _Drop(f"{SHUTTING_DOWN}: reconnect in a moment", 1001, reason="shutting_down")
         return raw
 
-    def _time_limit_message(self) -> str:
-        return f"Session closed: the connection reached its time limit of {self.settings.max_session_seconds:g} seconds"
+    def _time_limit(self) -> _Drop:
+        return _Drop(f"Session closed: the connection reached its time limit of {self.settings.max_session_seconds:g} "
+                     "seconds", reason="time_limit")
 
     async def handle(self, raw) -> None:
         settings = self.settings
@@ -164,17 +165,14 @@ class _Connection:
                 expected = "'generate'" if self.conversation else "'open_inference_session'"
                 raise BadRequest(f"unknown request type {_short(kind)}: expected {expected}")
         except ApiError as e:
-            if isinstance(e, SwarmError):  # the session's state is unknown now: drop it
-                self.metrics.swarm_errors.inc()
-                if await self.close_conversation():
-                    e.message += " (the inference session was closed; open a new one)"
-            await self.send(protocol.error(e.message + _debug_suffix(settings)))
+            if isinstance(e, SwarmError) and await self.close_conversation():  # its state is unknown now
+                e.message += " (the inference session was closed; open a new one)"
+            await self.send(legacy_errors.frame(e, debug=settings.debug))
         except (_Drop, asyncio.CancelledError):
             raise
         except Exception as e:  # a bug: log it, answer in one line, keep the connection
-            logger.exception("websocket request failed")
             await self.close_conversation()
-            await self.send(protocol.error(f"Internal error: {type(e).__name__}" + _debug_suffix(settings)))
+            await self.send(legacy_errors.internal_frame(e, debug=settings.debug))
 
     async def close_conversation(self) -> bool:
         if self.conversation is None:
@@ -185,12 +183,10 @@ class _Connection:
 
     async def open(self, request: dict) -> None:
         req = protocol.parse(protocol.OpenSessionRequest, request)
-        service = self.app_state.service
-        if service is None:
-            raise NotReady("Models are still loading, retry in a moment")
-        spec = service.resolve_model(req.model, own_origin=self.own_origin)
+        generation = service()
+        spec = generation.resolve_model(req.model, own_origin=self.own_origin)
         await self.close_conversation()  # a new session replaces the old one
-        self.conversation = await service.open(spec, req.max_length, self.client)
+        self.conversation = await generation.open(spec, req.max_length, self.client)
         logger.info("ws session opened: model=%s max_length=%d", spec.key, req.max_length)
         await self.send(protocol.ok())
 
@@ -222,8 +218,9 @@ class _Connection:
             if self.flood is not None:
                 raise self.flood from None
             if shutdown is not None and shutdown.started.is_set():
-                raise _Drop(f"{SHUTTING_DOWN}: the generation was stopped; reconnect in a moment", 1001) from None
-            raise _Drop(self._time_limit_message()) from None
+                raise _Drop(f"{SHUTTING_DOWN}: the generation was stopped; reconnect in a moment", 1001,
+                            reason="shutting_down") from None
+            raise self._time_limit() from None
 
 
 @blueprint.websocket("/api/v2/generate")

@@ -12,8 +12,8 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from ..engine.types import Engine, EngineSession, SamplingParams
-from ..errors import MAX_LENGTH_EXCEEDED, BadRequest, Forbidden, LengthExceeded, UnknownModel
+from ..engine.types import Chunk, Engine, EngineSession, SamplingParams
+from ..errors import MAX_LENGTH_EXCEEDED, BadRequest, Forbidden, LengthExceeded, SwarmError, UnknownModel
 from ..registry import ModelSpec, Registry
 from .limits import SessionLimiter
 from .metrics import Metrics
@@ -117,7 +117,8 @@ class Conversation:
         if log_prompts:
             logger.info("prompt model=%s inputs=%r", self.spec.key, req.inputs)
             answer: list[str] = []
-        stream = engine.stream(self.session, req.inputs, req.sampling, max_new_tokens=budget, stop_sequences=stops)
+        stream = _counting_swarm_errors(
+            engine.stream(self.session, req.inputs, req.sampling, max_new_tokens=budget, stop_sequences=stops), metrics)
         async with contextlib.aclosing(stream):
             async for chunk in stream:
                 now = time.perf_counter()
@@ -150,6 +151,17 @@ class Conversation:
             engine.replace_last_token(self.session, req.stop_sequence)  # the rewind
         if last_round is not None:
             yield last_round
+
+
+async def _counting_swarm_errors(stream: AsyncIterator[Chunk], metrics: Metrics) -> AsyncIterator[Chunk]:
+    """``stream``, closed when this is; a :class:`SwarmError` it raises is counted (once, whatever API asked)."""
+    async with contextlib.aclosing(stream):
+        try:
+            async for chunk in stream:
+                yield chunk
+        except SwarmError:
+            metrics.swarm_errors.inc()
+            raise
 
 
 class GenerationService:
