@@ -1,7 +1,8 @@
 """Command line: ``python -m backend [serve|swarm|model] ...``.
 
 * ``python -m backend [FLAGS]`` (or ``serve``): run the app; ``--help`` lists every setting.
-* ``python -m backend swarm MODEL_PATH [--servers N | --blocks A:B ...]``: a private swarm on loopback.
+* ``python -m backend swarm MODEL_PATH [--servers N | --blocks A:B ...] [--initial-peers MADDR ...]``: Petals
+  servers for a model, in a new swarm or joining an existing one.
 * ``python -m backend model prepare [--gguf FILE]``: download/convert the embedded model.
 * ``python -m backend settings``: the settings table (Markdown) for the README.
 """

@@ -1,8 +1,10 @@
 """The app factory: ``create_app(settings, engine=None)``.
 
-Nothing is loaded at import time. The engine (Petals client) is created and its
-models loaded when the app starts serving, on a worker thread, so the server
-answers (``/healthz`` 503, the page) while models load.
+Nothing is loaded at import time. The engine (Petals client) is created when
+the app starts serving and its models are loaded by a background
+:class:`~backend.services.model_loader.ModelLoader`, so the server answers
+(``/healthz`` 503, the page) while models load; a model that fails to load is
+retried with backoff while the others serve.
 """
 
 from __future__ import annotations
@@ -19,14 +21,15 @@ from quart_cors import cors
 from . import ws_compression
 from .openai import routes as openai_routes
 from .openapi import blueprint as openapi_blueprint
-from .registry import load_registry
+from .registry import RegistryError, load_registry
 from .routes import http_api, http_errors, ops, static, websocket_api
 from .routes.common import EXTENSION, AppState
 from .services.generation import GenerationService
 from .services.limits import SessionLimiter
 from .services.metrics import Metrics
+from .services.model_loader import ModelLoader
 from .services.shutdown import ShutdownWatch
-from .settings import Settings
+from .settings import Settings, SettingsError, env_name
 
 logger = logging.getLogger("backend")
 
@@ -36,16 +39,7 @@ CONTENT_SECURITY_POLICY = ("default-src 'self'; script-src 'self'; style-src 'se
 
 
 def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False) -> Quart:
-    registry = load_registry(settings.models, settings.models_dir)
-    if embedded_swarm:
-        registry = registry.subset(embedded=True)
-    if settings.default_model:
-        spec = registry.lookup(settings.default_model)
-        if spec is None:
-            from .settings import SettingsError
-
-            raise SettingsError(f"invalid setting default_model: {settings.default_model!r} is not in the registry")
-        registry = dataclasses.replace(registry, default=spec.key)
+    registry = served_registry(settings, embedded_swarm=embedded_swarm)
 
     app = Quart("backend", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -75,19 +69,25 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
                                   max_concurrent_generations=settings.max_concurrent_generations,
                                   client_config=_client_config(settings))
         app_state.engine = engine
+        loader = ModelLoader(engine, [spec.key for spec in registry.models],
+                             min_backoff=settings.model_retry_backoff, max_backoff=settings.model_retry_max_backoff,
+                             progress=lambda msg: logger.info(msg))
         app_state.service = GenerationService(
             engine, registry, SessionLimiter(settings.max_sessions, settings.max_sessions_per_client),
             app_state.metrics, max_new_tokens_limit=settings.max_new_tokens_limit,
             max_input_chars=settings.max_input_chars, max_input_tokens=settings.max_input_tokens,
-            log_prompts=settings.log_prompts)
+            log_prompts=settings.log_prompts, check_ready=loader.check)
         app_state.shutdown = ShutdownWatch(settings.graceful_timeout)
         app_state.shutdown.install()
-        app_state.loader = asyncio.get_running_loop().run_in_executor(None, _load, engine, app_state)
+        app_state.loader = loader
+        loader.start()
 
     @app.after_serving
     async def stop_engine() -> None:
         if app_state.shutdown is not None:
             app_state.shutdown.close()
+        if app_state.loader is not None:  # no retry may start once the engine is shut down
+            await asyncio.to_thread(app_state.loader.stop)
         if app_state.engine is not None and hasattr(app_state.engine, "shutdown"):
             app_state.engine.shutdown()
 
@@ -113,6 +113,28 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
     return app
 
 
+def served_registry(settings: Settings, *, embedded_swarm: bool = False):
+    """The registry models this app serves (``serve_models``; only embedded ones on the embedded swarm), with the
+    default model; :class:`SettingsError` names a setting that selects nothing or an unknown model."""
+    registry = load_registry(settings.models, settings.models_dir)
+    try:
+        registry = registry.only(settings.serve_models)
+    except RegistryError as e:
+        raise SettingsError(f"invalid setting serve_models ({env_name('serve_models')}): {e}") from None
+    if embedded_swarm:
+        registry = registry.subset(embedded=True)
+        if not registry.models:
+            raise SettingsError(f"invalid setting serve_models ({env_name('serve_models')}): none of "
+                                f"{', '.join(settings.serve_models)} is served by the embedded swarm "
+                                "(set initial_peers to use another swarm)")
+    if settings.default_model:
+        spec = registry.lookup(settings.default_model)
+        if spec is None:
+            raise SettingsError(f"invalid setting default_model: {settings.default_model!r} is not in the registry")
+        registry = dataclasses.replace(registry, default=spec.key)
+    return registry
+
+
 def _client_config(settings: Settings) -> dict:
     """Petals client options (its ClientConfig fields) taken from the settings."""
     return {"min_backoff": settings.min_backoff, "max_backoff": settings.max_backoff,
@@ -122,11 +144,3 @@ def _client_config(settings: Settings) -> dict:
 def _cors_origins(settings: Settings):
     origins = settings.cors_origins
     return "*" if origins == ["*"] else origins
-
-
-def _load(engine, app_state: AppState) -> None:
-    try:
-        engine.load(progress=lambda msg: logger.info(msg))
-    except Exception as e:  # pragma: no cover - reported on /healthz
-        logger.exception("loading models failed")
-        app_state.loading_error = f"{type(e).__name__}: {e}".splitlines()[0]

@@ -65,15 +65,19 @@ class LegacyModels(_Doc):
 
 
 class Health(_Doc):
-    status: Literal["ok", "loading"]
+    """``/healthz``: ok once at least one model is ready; each model's state (ready, loading or failed)."""
+
+    status: Literal["ok", "loading", "failed"]
     models: dict[str, dict[str, Any]]
-    error: str | None = None
 
 
 class Readiness(_Doc):
+    """``/readyz``: each model's state and, once loaded, its swarm's servers and blocks."""
+
     status: Literal["ready", "not ready"]
     models: dict[str, dict[str, Any]]
     sessions_open: int
+    shutting_down: bool | None = None
 
 
 REQUESTS = (oa.ChatCompletionRequest, oa.CompletionRequest, HttpGenerateRequest)
@@ -123,9 +127,9 @@ def build_openapi() -> dict[str, Any]:
                                         ref[LegacyResult], ref[LegacyDelta], ref[LegacyError], form=True),
         "/api/v1/models": {"get": {"summary": "The model registry", "responses": {
             "200": _json(ref[LegacyModels], "Models and their chat settings")}}},
-        "/healthz": {"get": {"summary": "Liveness: 200 once the models are loaded", "responses": {
-            "200": _json(ref[Health], "Loaded"), "503": _json(ref[Health], "Loading")}}},
-        "/readyz": {"get": {"summary": "Readiness: per-model servers and blocks of the swarm", "responses": {
+        "/healthz": {"get": {"summary": "Liveness: 200 once at least one model is loaded", "responses": {
+            "200": _json(ref[Health], "A model is ready"), "503": _json(ref[Health], "No model ready yet")}}},
+        "/readyz": {"get": {"summary": "Readiness: per-model state, servers and blocks of the swarm", "responses": {
             "200": _json(ref[Readiness], "Ready"), "503": _json(ref[Readiness], "Not ready")}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {
             "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}

@@ -99,6 +99,22 @@ class Registry:
                         default_embedded=self.default_embedded)
 
 
+    def only(self, names: list[str]) -> Registry:
+        """The models named by ``names`` (keys or aliases), in registry order; RegistryError names an unknown one."""
+        if not names:
+            return self
+        chosen: set[str] = set()
+        for name in names:
+            spec = self.lookup(name)
+            if spec is None:
+                raise RegistryError(f"{name!r} is not in the registry (known: {', '.join(m.key for m in self.models)})")
+            chosen.add(spec.key)
+        models = tuple(m for m in self.models if m.key in chosen)
+        default = self.default if self.default in chosen else models[0].key
+        embedded_default = self.default_embedded if self.default_embedded in chosen else ""
+        return Registry(models=models, default=default, default_embedded=embedded_default)
+
+
 def _require(table: dict, key: str, where: str, kind: type) -> Any:
     if key not in table:
         raise RegistryError(f"{where}: missing '{key}'")

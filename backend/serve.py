@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import sys
 from pathlib import Path
 
 from .registry import load_registry
@@ -53,12 +54,18 @@ def serve(settings: Settings) -> int:
     import hypercorn.asyncio
     from hypercorn.config import Config
 
-    from .app import create_app
+    from .app import create_app, served_registry
+    from .settings import SettingsError
 
     swarm = None
     embedded = False
+    spec = embedded_model(settings) if settings.uses_embedded_swarm else None
+    try:  # the models to serve, checked before any process starts
+        served_registry(settings, embedded_swarm=spec is not None)
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if settings.uses_embedded_swarm:
-        spec = embedded_model(settings)
         if spec is not None:
             swarm, peers = start_embedded_swarm(settings, spec)
             settings = dataclasses.replace(settings, initial_peers=peers)

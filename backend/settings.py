@@ -50,6 +50,14 @@ class Settings:
     models: Path = _setting(REPO_ROOT / "backend" / "models.toml", "Path of the model registry (TOML).")
     models_dir: Path = _setting(REPO_ROOT / "models", "Folder for prepared local models (the embedded model).")
     default_model: str = _setting("", "Key of the default model (empty: the registry's default).")
+    serve_models: list[str] = _setting(
+        [], "Keys (or aliases) of the registry models to serve, comma- or space-separated (empty: all of them; with "
+        "the embedded swarm, its embedded models). The others are neither loaded nor listed.")
+    model_retry_backoff: float = _setting(
+        10.0, "Seconds before a model that failed to load is tried again; the wait doubles after each failure, up "
+        "to model_retry_max_backoff. The other models serve meanwhile.", minimum=0.01)
+    model_retry_max_backoff: float = _setting(300.0, "Longest wait between two load attempts of a failed model, "
+                                              "in seconds.", minimum=0.01)
     device: str = _setting("auto", "Device for embeddings and LM head: auto (cuda if available), cpu or cuda.",
                            choices=DEVICES)
     dtype: str = _setting("auto", "Client dtype policy: auto (GPU: model's dtype; CPU: bfloat16 with AVX-512, "

@@ -153,7 +153,11 @@ def free_port() -> int:
     return _free()
 
 
-def start_backend(tmp: Path, env_extra: dict[str, str], timeout: float = 180) -> LiveServer:
+def start_backend(tmp: Path, env_extra: dict[str, str], timeout: float = 180, all_models: bool = True) -> LiveServer:
+    """``python -m backend`` on a free port; returns once /healthz is 200 and, with ``all_models``, every model is
+    ready (/healthz turns 200 as soon as one model is)."""
+    import json
+
     port = free_port()
     log = tmp / "backend.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
@@ -167,7 +171,9 @@ def start_backend(tmp: Path, env_extra: dict[str, str], timeout: float = 180) ->
         if process.poll() is not None:
             raise RuntimeError(f"backend exited with {process.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            if urllib.request.urlopen(url + "/healthz", timeout=2).status == 200:
+            response = urllib.request.urlopen(url + "/healthz", timeout=2)
+            models = json.loads(response.read())["models"].values()
+            if response.status == 200 and (not all_models or all(m["ready"] for m in models)):
                 return LiveServer(url=url, ws_url=f"ws://127.0.0.1:{port}", process=process, log=log)
         except Exception:
             pass

@@ -16,6 +16,7 @@ import httpx
 import openai
 import pytest
 import websockets
+from fake_engine import FakeEngine, in_process_app
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -291,62 +292,8 @@ def test_api_keys_busy_and_the_own_origin_exemption(tmp_path, swarm, test_regist
 
 # ---- in-process: a model that never loads, a swarm failing mid-stream ---------------------------
 
-class FakeEngine:
-    """Just enough engine: renders and counts by characters; streams 'ab', pauses, fails; or is not ready."""
-
-    def __init__(self, ready: bool):
-        self.ready = ready
-        self.open_sessions = 0
-
-    def load(self, progress=None):
-        pass
-
-    def status(self):
-        from backend.engine.types import ModelStatus
-
-        return {"tiny": ModelStatus(key="tiny", ready=self.ready)}
-
-    def _check(self):
-        from backend.errors import NotReady
-
-        if not self.ready:
-            raise NotReady("Model tiny is not ready, retry later")
-
-    def count_tokens(self, model_key, text):
-        self._check()
-        return len(text)
-
-    def render_chat(self, model_key, messages):
-        self._check()
-        return "".join(m["content"] for m in messages)
-
-    async def open_session(self, model_key, max_length):
-        from types import SimpleNamespace
-
-        self.open_sessions += 1
-        return SimpleNamespace(model_key=model_key, max_length=max_length, length=0)
-
-    async def close_session(self, session):
-        self.open_sessions -= 1
-
-    async def stream(self, session, inputs, params, *, max_new_tokens, stop_sequences):
-        from backend.engine.types import Chunk
-        from backend.errors import SwarmError
-
-        yield Chunk(text="a", tokens=1)
-        yield Chunk(text="b", tokens=1)
-        await asyncio.sleep(0.3)  # longer than the app's response timeout in the test
-        raise SwarmError("Swarm error: the server went away")
-
-    def shutdown(self):
-        pass
-
-
 def _in_process(engine, test_registry):
-    from backend.app import create_app
-    from backend.settings import load_settings
-
-    return create_app(load_settings(environ={}, models=test_registry), engine=engine)
+    return in_process_app(engine, test_registry)
 
 
 def test_not_ready_is_503(test_registry):

@@ -146,19 +146,35 @@ class PetalsEngine:
         self._executor = ThreadPoolExecutor(max_workers=max_concurrent_generations,
                                             thread_name_prefix="petals-generate")
         self._running = 0
+        self._lock = threading.Lock()
+        self._closed = False
         self.device = "cpu"
 
     # ---------------------------------------------------------------- loading
-    def load(self, progress: Callable[[str], None] | None = None) -> None:
-        """Load every model (blocking: call from a thread). Failures mark the model not ready."""
-        import_petals()
-        petals_patches.apply()
-        from petals import AutoDistributedModelForCausalLM
-        from transformers import AutoTokenizer
+    def load(self, progress: Callable[[str], None] | None = None, keys: list[str] | None = None) -> None:
+        """Load the models named by ``keys`` (default: every model not loaded yet); blocking: call from a thread.
 
-        self.device = resolve_device(self._device_policy)
-        for key, spec in self._specs.items():
+        Failures mark the model not ready with a one-line error (``status()``); a later call retries them
+        (``backend.services.model_loader`` does, with backoff).
+        """
+        keys = [k for k in (self._specs if keys is None else keys) if k not in self._loaded]
+        try:
+            import_petals()
+            petals_patches.apply()
+            from petals import AutoDistributedModelForCausalLM
+            from transformers import AutoTokenizer
+
+            self.device = resolve_device(self._device_policy)
+        except Exception as e:  # nothing can load: say so on every model asked for
+            for key in keys:
+                self._status[key].error = f"{type(e).__name__}: {e}".splitlines()[0]
+            raise
+        for key in keys:
+            spec = self._specs[key]
             status = self._status[key]
+            if self._closed:
+                return
+            model = None
             try:
                 if progress:
                     progress(f"loading {key} from {spec.repository}")
@@ -179,7 +195,12 @@ class PetalsEngine:
                 model = model.to(self.device)
                 model.eval()
                 eos = tokenizer.eos_token_id
-                self._loaded[key] = _Loaded(spec=spec, tokenizer=tokenizer, model=model, eos_token_id=eos)
+                loaded = _Loaded(spec=spec, tokenizer=tokenizer, model=model, eos_token_id=eos)
+                with self._lock:
+                    if self._closed:  # shut down while this model loaded: it must not outlive the app
+                        _stop_dht(model)
+                        return
+                    self._loaded[key] = loaded
                 status.chat_template = getattr(tokenizer, "chat_template", None)
                 status.details = {"dtype": str(dtype).replace("torch.", ""), "device": self.device,
                                   "blocks": int(model.config.num_hidden_layers)}
@@ -187,6 +208,8 @@ class PetalsEngine:
                 status.error = None
                 logger.info("model %s ready (device=%s, dtype=%s)", key, self.device, dtype)
             except Exception as e:  # one bad entry must not take the others down
+                if model is not None:
+                    _stop_dht(model)
                 status.error = f"{type(e).__name__}: {e}".splitlines()[0]
                 logger.warning("model %s failed to load: %s", key, status.error)
 
@@ -195,14 +218,12 @@ class PetalsEngine:
         for session in list(self._sessions):
             self._close_now(session)
         self._executor.shutdown(wait=False, cancel_futures=True)
-        for loaded in self._loaded.values():
-            manager = loaded.model.transformer.h.sequence_manager
-            try:
-                manager.shutdown()
-                manager.dht.shutdown()
-            except Exception:
-                logger.debug("shutting down the DHT failed", exc_info=True)
-        self._loaded.clear()
+        with self._lock:
+            self._closed = True  # a load still running stops its model's DHT instead of keeping it
+            loaded_models = list(self._loaded.values())
+            self._loaded.clear()
+        for loaded in loaded_models:
+            _stop_dht(loaded.model)
 
     # ---------------------------------------------------------------- queries
     def status(self) -> dict[str, ModelStatus]:
@@ -379,6 +400,16 @@ class PetalsEngine:
 
     def _done_running(self) -> None:
         self._running -= 1
+
+
+def _stop_dht(model: Any) -> None:
+    """Stop a distributed model's routing and its DHT process (and p2pd)."""
+    try:
+        manager = model.transformer.h.sequence_manager
+        manager.shutdown()
+        manager.dht.shutdown()
+    except Exception:
+        logger.debug("shutting down the DHT failed", exc_info=True)
 
 
 def _translate(error: BaseException) -> Exception:

@@ -68,6 +68,9 @@ class EngineSession(Protocol):
 class Engine(Protocol):
     """What services need from an inference engine."""
 
+    def load(self, progress: Any = None, keys: list[str] | None = None) -> None:
+        """Load these models (default: all not loaded yet); blocking. Failures set ``status()[key].error``."""
+
     def status(self) -> dict[str, ModelStatus]: ...
 
     @property

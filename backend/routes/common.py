@@ -30,7 +30,7 @@ class AppState:
     engine: Engine | None = None
     loading_error: str | None = None
     embedded_swarm: Any = None
-    loader: Any = None  # the future of the model-loading thread
+    loader: Any = None  # a services.model_loader.ModelLoader once serving
     shutdown: Any = None  # a services.shutdown.ShutdownWatch once serving
 
 

@@ -1,43 +1,69 @@
-"""Operational endpoints: ``/healthz``, ``/readyz``, ``/metrics``."""
+"""Operational endpoints: ``/healthz``, ``/readyz``, ``/metrics``.
+
+Health is per model (``backend.services.model_loader``): one model that cannot
+load does not make the app unhealthy while another one serves.
+
+* ``/healthz``: 200 once at least one model is ready; 503 while none is
+  (``loading``, or ``failed`` when every model failed and waits for a retry).
+* ``/readyz``: 200 when at least one ready model's swarm serves all its blocks
+  and the app is not shutting down; each model's state either way.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from quart import Blueprint, Response, jsonify
 
+from ..services.model_loader import FAILED, READY
 from .common import state
 
 blueprint = Blueprint("ops", __name__)
 
 
-def _models_loaded() -> tuple[bool, dict]:
+def _model_states() -> dict[str, dict[str, Any]]:
+    """Each served model's load state (state, ready, attempts, error, retry_at, retry_in_s)."""
     app_state = state()
-    statuses = app_state.engine.status() if app_state.engine else {}
-    loaded = bool(statuses) and all(s.ready for s in statuses.values())
-    return loaded, statuses
+    loader = app_state.loader
+    if loader is None:  # not serving yet
+        return {spec.key: {"state": "loading", "ready": False, "attempts": 0} for spec in app_state.registry.models}
+    return {key: s.to_json() for key, s in loader.states().items()}
+
+
+def _overall(models: dict[str, dict[str, Any]]) -> str:
+    states = {m["state"] for m in models.values()}
+    if READY in states:
+        return "ok"
+    return "failed" if states == {FAILED} else "loading"
 
 
 @blueprint.get("/healthz")
 async def healthz():
-    """200 once the models are loaded (the process is live and useful), 503 while loading."""
-    loaded, statuses = _models_loaded()
-    body = {"status": "ok" if loaded else "loading",
-            "models": {key: {"ready": s.ready, **({"error": s.error} if s.error else {})}
-                       for key, s in statuses.items()}}
-    if state().loading_error:
-        body["error"] = state().loading_error
-    return jsonify(body), 200 if loaded else 503
+    """200 once at least one model is ready (the process is live and useful); 503 while none is."""
+    models = _model_states()
+    status = _overall(models)
+    return jsonify({"status": status, "models": models}), 200 if status == "ok" else 503
 
 
 @blueprint.get("/readyz")
 async def readyz():
-    """200 when every model is loaded and its swarm serves all blocks; per-model details either way."""
+    """200 when a ready model's swarm serves all its blocks (and no shutdown runs); per-model states either way."""
     app_state = state()
-    loaded, _ = _models_loaded()
-    details = await app_state.engine.readiness() if app_state.engine and loaded else {}
-    ready = loaded and all(d.get("swarm_ok") for d in details.values())
-    return jsonify({"status": "ready" if ready else "not ready", "models": details,
-                    "sessions_open": app_state.engine.open_sessions if app_state.engine else 0}), \
-        200 if ready else 503
+    models = _model_states()
+    engine = app_state.engine
+    if engine is not None and any(m["ready"] for m in models.values()):
+        details = await engine.readiness()  # swarm details (servers, blocks) of the loaded models
+        for key, model in models.items():
+            # a not-ready model's load error is the loader's to tell; a ready one's may be a failed DHT read
+            swarm = {k: v for k, v in details.get(key, {}).items() if k != "ready" and (k != "error" or model["ready"])}
+            models[key] = {**swarm, **model}
+    shutting_down = app_state.shutdown is not None and app_state.shutdown.started.is_set()
+    ready = not shutting_down and any(m["ready"] and m.get("swarm_ok") for m in models.values())
+    body = {"status": "ready" if ready else "not ready", "models": models,
+            "sessions_open": engine.open_sessions if engine is not None else 0}
+    if shutting_down:
+        body["shutting_down"] = True
+    return jsonify(body), 200 if ready else 503
 
 
 @blueprint.get("/metrics")

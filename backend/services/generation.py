@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ..engine.types import Chunk, Engine, EngineSession, SamplingParams
@@ -167,8 +167,10 @@ async def _counting_swarm_errors(stream: AsyncIterator[Chunk], metrics: Metrics)
 class GenerationService:
     def __init__(self, engine: Engine, registry: Registry, limiter: SessionLimiter, metrics: Metrics, *,
                  max_new_tokens_limit: int = 4096, max_input_chars: int = 1_000_000,
-                 max_input_tokens: int = 16384, log_prompts: bool = False):
+                 max_input_tokens: int = 16384, log_prompts: bool = False,
+                 check_ready: Callable[[str], None] | None = None):
         self.engine = engine
+        self.check_ready = check_ready  # raises NotReady (loading, or failed and retrying) for a model key
         self.registry = registry
         self.limiter = limiter
         self.metrics = metrics
@@ -197,6 +199,8 @@ class GenerationService:
         if not spec.public_api and not own_origin:
             raise Forbidden(f"We do not provide public API for {spec.key} due to license restrictions",
                             param="model")
+        if self.check_ready is not None:
+            self.check_ready(spec.key)
         return spec
 
     async def open(self, spec: ModelSpec, max_length: int, client: str) -> Conversation:

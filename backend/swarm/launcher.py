@@ -2,9 +2,11 @@
 
 :class:`LocalSwarm` starts one or more Petals server processes (through
 ``backend.swarm.server_main``, which applies the hivemind bridge), each serving
-a block range of one model. The first server starts a new swarm; the others
-join it. :meth:`LocalSwarm.start` returns once every server has loaded and
-announced its blocks, with the multiaddrs that clients pass as initial peers.
+a block range of one model. The first server starts a new swarm, or joins an
+existing one through ``initial_peers`` (e.g. a swarm on another machine); the
+others join through it. :meth:`LocalSwarm.start` returns once every server has
+loaded and announced its blocks, with the multiaddrs that clients pass as
+initial peers.
 Every server runs in its own process group, so :meth:`LocalSwarm.stop` also
 ends the ``p2pd`` daemons they spawned; servers also die with their parent.
 """
@@ -91,7 +93,7 @@ class LocalSwarm:
     def __init__(self, model_path: str | Path, *, dht_prefix: str, blocks: Sequence[tuple[int, int]] | None = None,
                  servers: int = 1, torch_dtype: str = "float32", device: str = "cpu", host: str = "127.0.0.1",
                  first_port: int = 0, log_file: str | Path | None = None, echo: bool = False,
-                 extra_args: Sequence[str] = ()):
+                 extra_args: Sequence[str] = (), initial_peers: Sequence[str] = ()):
         self.model_path = str(model_path)
         self.dht_prefix = dht_prefix
         self.blocks = list(blocks) if blocks else split_blocks(model_num_blocks(model_path), servers)
@@ -103,7 +105,8 @@ class LocalSwarm:
         self.echo = echo
         self.extra_args = list(extra_args)
         self.servers: list[ServerProcess] = []
-        self.initial_peers: list[str] = []
+        self.join_peers = list(initial_peers)  # an existing swarm to join (empty: start a new one)
+        self.initial_peers: list[str] = []  # our first server's multiaddrs, once it is up
 
     # -- lifecycle ----------------------------------------------------------
     def __enter__(self) -> LocalSwarm:
@@ -146,7 +149,8 @@ class LocalSwarm:
                 "--device", self.device,
                 *self.extra_args]
         # join through any live server (the first one may be gone by now, e.g. a replacement's predecessor)
-        peers = [maddr for other in self.servers if other.alive for maddr in other.maddrs] or self.initial_peers
+        peers = ([maddr for other in self.servers if other.alive for maddr in other.maddrs] or self.initial_peers
+                 or self.join_peers)
         args += ["--initial_peers", *peers] if peers else ["--new_swarm"]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO_ROOT), env.get("PYTHONPATH")]))
