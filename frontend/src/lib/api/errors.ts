@@ -1,6 +1,8 @@
+import type { ErrorCode } from '../types/protocol';
+
 /** What went wrong with a turn, in terms the UI can act on. */
 export type ChatErrorKind =
-  | 'capacity' // the swarm is out of capacity ("attention cache is full")
+  | 'capacity' // the swarm is out of capacity (code `cache_full`)
   | 'context_too_long' // the dialogue no longer fits the model's max_session_length
   | 'connection' // the connection failed twice in a row
   | 'server'; // any other error from the server
@@ -17,14 +19,16 @@ export class ChatError extends Error {
   }
 }
 
-export type ServerErrorClass = 'max_length' | 'expired' | 'capacity' | 'other';
-
-/** Matches the phrases the server keeps in its error texts (see the protocol notes). */
-export function classifyServerError(traceback: string): ServerErrorClass {
-  if (/Maximum length exceeded/i.test(traceback)) return 'max_length';
-  if (/Session\b[\s\S]*?\bexpired/i.test(traceback)) return 'expired';
-  if (/attention cache is full/i.test(traceback)) return 'capacity';
-  return 'other';
+/** The error the user sees for a server's error reply (its `code` decides, never its text). */
+export function serverError(reply: { code: ErrorCode; traceback: string }): ChatError {
+  if (reply.code === 'cache_full') {
+    return new ChatError(
+      'capacity',
+      'The swarm is out of capacity right now. Try again in a minute or pick another model.',
+      reply.traceback,
+    );
+  }
+  return new ChatError('server', summarizeTraceback(reply.traceback), reply.traceback);
 }
 
 /** The last meaningful line of a server traceback, for display. */

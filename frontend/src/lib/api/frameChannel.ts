@@ -38,7 +38,7 @@ export class FrameChannel {
         event = parseServerFrame(message.data);
       } catch (error) {
         const text = error instanceof ProtocolError ? error.message : 'Malformed frame';
-        event = { kind: 'error', traceback: `Protocol error: ${text}` };
+        event = { kind: 'error', code: 'protocol_error', traceback: `Protocol error: ${text}` };
       }
       this.#push({ kind: 'frame', event });
     };

@@ -122,12 +122,12 @@ describe('ChatSocketClient', () => {
     expect(server.generates().map((g) => g.inputs)).toEqual(['P1:', 'P2:']);
   });
 
-  it('grows the session 4x on "Maximum length exceeded" and resends the full prompt', async () => {
+  it('grows the session 4x on max_length_exceeded and resends the full prompt', async () => {
     let generates = 0;
     const server = new FakeServer((request) => {
       if (request.type === 'open_inference_session') return [ACK];
       generates++;
-      if (generates === 1) return [...tokens(' a', 'b').slice(0, 1), { ok: false, traceback: 'Traceback...\nValueError: Maximum length exceeded' }];
+      if (generates === 1) return [...tokens(' a', 'b').slice(0, 1), { ok: false, code: 'max_length_exceeded', traceback: 'Maximum length exceeded: the session is full' }];
       return tokens('c', '###');
     });
     const c = client(server);
@@ -141,7 +141,7 @@ describe('ChatSocketClient', () => {
 
   it('grows up to max_session_length and then reports the dialogue as too long', async () => {
     const server = new FakeServer((request) =>
-      request.type === 'open_inference_session' ? [ACK] : [{ ok: false, traceback: 'Maximum length exceeded' }],
+      request.type === 'open_inference_session' ? [ACK] : [{ ok: false, code: 'max_length_exceeded', traceback: 'Maximum length exceeded' }],
     );
     const c = client(server);
     const error = await collect(c.streamTurn(turn('P:', { maxSessionLength: 3000 }))).catch((e) => e);
@@ -150,29 +150,22 @@ describe('ChatSocketClient', () => {
     expect(server.opens().map((o) => o.max_length)).toEqual([512, 2048, 3000]);
   });
 
-  it('reopens silently when the session expired', async () => {
-    let first = true;
-    const server = new FakeServer((request) => {
-      if (request.type === 'open_inference_session') return [ACK];
-      if (first) {
-        first = false;
-        return [{ ok: false, traceback: 'Session 1234-abcd expired' }];
-      }
-      return tokens('ok', '###');
-    });
-    const statuses: ConnectionStatus[] = [];
-    const events = await collect(client(server, statuses).streamTurn(turn('P:')));
-    expect(text(events)).toBe('ok');
-    expect(server.opens()).toHaveLength(2);
-    expect(server.opens()[1]!.max_length).toBe(512);
-    expect(statuses).toContain('reconnecting');
-  });
-
-  it('reports "attention cache is full" as out of capacity', async () => {
+  it('matches codes, not texts: a phrase without its code is just an error', async () => {
     const server = new FakeServer((request) =>
       request.type === 'open_inference_session'
         ? [ACK]
-        : [{ ok: false, traceback: 'RuntimeError: attention cache is full' }],
+        : [{ ok: false, code: 'bad_request', traceback: 'Maximum length exceeded in a parameter' }],
+    );
+    const error = (await collect(client(server).streamTurn(turn('P:'))).catch((e) => e)) as ChatError;
+    expect(error.kind).toBe('server');
+    expect(server.opens()).toHaveLength(1);
+  });
+
+  it('reports cache_full as out of capacity, whatever the text', async () => {
+    const server = new FakeServer((request) =>
+      request.type === 'open_inference_session'
+        ? [ACK]
+        : [{ ok: false, code: 'cache_full', traceback: 'The swarm is out of capacity' }],
     );
     const error = await collect(client(server).streamTurn(turn('P:'))).catch((e) => e);
     expect((error as ChatError).kind).toBe('capacity');
@@ -181,7 +174,7 @@ describe('ChatSocketClient', () => {
   it('reports other server errors with the last traceback line', async () => {
     const server = new FakeServer((request) =>
       request.type === 'open_inference_session'
-        ? [{ ok: false, traceback: 'Traceback (most recent call last):\n  File "x"\nKeyError: unknown model' }]
+        ? [{ ok: false, code: 'unknown_model', traceback: 'Unknown model: \'x\'\nTraceback (most recent call last):\n  File "x"\nKeyError: unknown model' }]
         : [],
     );
     const error = (await collect(client(server).streamTurn(turn('P:'))).catch((e) => e)) as ChatError;

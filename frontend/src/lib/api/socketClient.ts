@@ -9,14 +9,12 @@
  * Plain TypeScript: no Svelte, no DOM globals (the socket factory is injected).
  */
 import type { SamplingParams } from '../types/protocol';
-import { ChatError, classifyServerError, summarizeTraceback } from './errors';
+import { ChatError, serverError } from './errors';
 import { FrameChannel, type SocketFactory } from './frameChannel';
 import { StopSequenceFilter } from './stopSequences';
 
 export const INITIAL_MAX_LENGTH = 512;
 export const GROWTH_FACTOR = 4;
-/** Reopens for "Session ... expired" allowed within one turn. */
-const MAX_EXPIRED_REOPENS = 2;
 /** Silent retries when the connection fails within one turn. */
 const MAX_CONNECTION_RETRIES = 1;
 
@@ -93,7 +91,6 @@ export class ChatSocketClient {
     let shown = '';
     let tokens = 0;
     let connectionRetries = 0;
-    let expiredReopens = 0;
     let finished = false;
     const onAbort = () => this.#drop();
     turn.signal?.addEventListener('abort', onAbort);
@@ -141,27 +138,16 @@ export class ChatSocketClient {
           if (event.kind === 'ack') continue;
           if (event.kind === 'error') {
             this.#drop();
-            const cls = classifyServerError(event.traceback);
-            if (cls === 'max_length') {
-              if (session.maxLength >= turn.maxSessionLength) {
-                throw new ChatError(
-                  'context_too_long',
-                  'The dialogue is too long for this model. Start a new one.',
-                  event.traceback,
-                );
-              }
-              this.#budget = Math.min(session.maxLength * GROWTH_FACTOR, turn.maxSessionLength);
-              break;
-            }
-            if (cls === 'expired' && expiredReopens++ < MAX_EXPIRED_REOPENS) break;
-            if (cls === 'capacity') {
+            if (event.code !== 'max_length_exceeded') throw serverError(event);
+            if (session.maxLength >= turn.maxSessionLength) {
               throw new ChatError(
-                'capacity',
-                'The swarm is out of capacity right now. Try again in a minute or pick another model.',
+                'context_too_long',
+                'The dialogue is too long for this model. Start a new one.',
                 event.traceback,
               );
             }
-            throw new ChatError('server', summarizeTraceback(event.traceback), event.traceback);
+            this.#budget = Math.min(session.maxLength * GROWTH_FACTOR, turn.maxSessionLength);
+            break;
           }
 
           tokens += event.tokenCount;
@@ -229,17 +215,7 @@ export class ChatSocketClient {
       const next = await channel.next();
       if (next.kind === 'closed') throw new ConnectionLost(next.reason);
       if (next.event.kind === 'ack') break;
-      if (next.event.kind === 'error') {
-        const { traceback } = next.event;
-        if (classifyServerError(traceback) === 'capacity') {
-          throw new ChatError(
-            'capacity',
-            'The swarm is out of capacity right now. Try again in a minute or pick another model.',
-            traceback,
-          );
-        }
-        throw new ChatError('server', summarizeTraceback(traceback), traceback);
-      }
+      if (next.event.kind === 'error') throw serverError(next.event);
     }
     return { session, inputs: target };
   }

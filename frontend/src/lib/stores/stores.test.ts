@@ -127,7 +127,7 @@ describe('ChatController', () => {
       if (request.type === 'open_inference_session') return [{ ok: true }];
       if (fail) {
         fail = false;
-        return [{ ok: false, traceback: 'attention cache is full' }];
+        return [{ ok: false, code: 'cache_full', traceback: 'The swarm is out of capacity: attention cache is full' }];
       }
       return tokens('Fine', '<|im_end|>');
     });

@@ -51,9 +51,33 @@ export interface OutputResponse {
   token_count?: number;
 }
 
+/**
+ * The stable `code` of an error reply (the README's table). The page acts on `max_length_exceeded`
+ * (grow the session) and `cache_full` (out of capacity); any other code is shown as it is.
+ */
+export type ErrorCode =
+  | 'bad_request'
+  | 'max_length_exceeded'
+  | 'too_large'
+  | 'unauthorized'
+  | 'forbidden'
+  | 'unknown_model'
+  | 'busy'
+  | 'not_ready'
+  | 'swarm_error'
+  | 'cache_full'
+  | 'internal_error'
+  | 'idle_timeout'
+  | 'time_limit'
+  | 'too_many_requests'
+  | 'shutting_down'
+  | 'protocol_error' // made by the page itself: a frame it could not parse
+  | 'unknown'; // a reply without a code (not from this server)
+
 export interface ErrorResponse {
   ok: false;
   traceback: string;
+  code?: ErrorCode;
 }
 
 export type ServerResponse = AckResponse | OutputResponse | ErrorResponse;
@@ -62,7 +86,7 @@ export type ServerResponse = AckResponse | OutputResponse | ErrorResponse;
 export type ServerEvent =
   | { kind: 'ack' }
   | { kind: 'output'; text: string; stop: boolean; tokenCount: number }
-  | { kind: 'error'; traceback: string };
+  | { kind: 'error'; code: ErrorCode; traceback: string };
 
 export class ProtocolError extends Error {
   override name = 'ProtocolError';
@@ -86,7 +110,8 @@ export function parseServerFrame(data: unknown): ServerEvent {
   }
   if (!value.ok) {
     const traceback = typeof value.traceback === 'string' ? value.traceback : 'Unknown error';
-    return { kind: 'error', traceback };
+    const code = typeof value.code === 'string' ? (value.code as ErrorCode) : 'unknown';
+    return { kind: 'error', code, traceback };
   }
   if (!('outputs' in value)) return { kind: 'ack' };
   if (typeof value.outputs !== 'string') throw new ProtocolError('"outputs" is not a string');
