@@ -54,9 +54,10 @@ def _swarm_errors(app) -> float:
     ({"model": "nope", "inputs": "x", "max_new_tokens": 2}, 404, "unknown_model"),
     ({"model": "tiny-private", "inputs": "x", "max_new_tokens": 2}, 403, "forbidden"),
     ({"model": "tiny", "inputs": "x", "max_length": 5000}, 400, "max_length_exceeded"),
+    ({"model": "tiny", "inputs": "x" * 70, "max_new_tokens": 1}, 413, "too_large"),
 ])
 def test_http_errors_have_a_code(registry, body, status, code):
-    app = in_process_app(FakeEngine(), registry)
+    app = in_process_app(FakeEngine(), registry, max_input_tokens=64)  # the fake counts characters
 
     async def scenario(client):
         response = await client.post("/api/v1/generate", json=body)

@@ -125,7 +125,7 @@ def test_inputs_over_the_token_limit_get_a_clear_error(limited):
     assert fine[-1]["ok"] is True
     r = httpx.post(limited.url + "/api/v1/generate", data={"model": "tiny", "inputs": long_inputs,
                                                            "max_new_tokens": "1"}, timeout=30)
-    assert r.status_code == 400 and "limit 40" in r.json()["traceback"]
+    assert r.status_code == 413 and "limit 40" in r.json()["traceback"] and r.json()["code"] == "too_large"
     assert limited.wait_for_sessions(0) == 0
 
 

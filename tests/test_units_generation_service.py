@@ -13,6 +13,7 @@ from backend.registry import ChatSettings, ModelSpec, Registry
 from backend.services.generation import GenerateSpec, GenerationService
 from backend.services.limits import SessionLimiter
 from backend.services.metrics import Metrics
+from backend.services.planning import StopRules
 
 SPEC = ModelSpec(key="m", family="F", repository="r", name="M", chat=ChatSettings(max_session_length=100))
 
@@ -87,28 +88,28 @@ def run(coro):
 
 def test_rounds_of_max_new_tokens_until_stop_sequence():
     _, svc = service("abcdefg###zzz")
-    rounds = run(_rounds(svc, GenerateSpec(inputs="hi", max_new_tokens=2, stop_sequence="###", until_stop=True)))
+    rounds = run(_rounds(svc, GenerateSpec(inputs="hi", max_new_tokens=2, stops=StopRules("###", until_stop=True))))
     assert [(r.outputs, r.stop, r.token_count) for r in rounds] == [
         ("ab", False, 2), ("cd", False, 2), ("ef", False, 2), ("g#", False, 2), ("##", True, 2)]
 
 
 def test_held_tokens_are_sent_with_the_next_round():
     _, svc = service("a\x00bc.")
-    rounds = run(_rounds(svc, GenerateSpec(inputs="x", max_new_tokens=1, stop_sequence=".", until_stop=True)))
+    rounds = run(_rounds(svc, GenerateSpec(inputs="x", max_new_tokens=1, stops=StopRules(".", until_stop=True))))
     assert [(r.outputs, r.token_count) for r in rounds] == [("a", 1), ("b", 2), ("c", 1), (".", 1)]
 
 
 def test_extra_stop_sequence_rewinds_to_the_stop_sequence():
     engine, svc = service("ab</s>cd")
-    rounds = run(_rounds(svc, GenerateSpec(inputs="x", max_new_tokens=1, stop_sequence="#",
-                                           extra_stop_sequences=("</s>",), until_stop=True)))
+    rounds = run(_rounds(svc, GenerateSpec(inputs="x", max_new_tokens=1,
+                                           stops=StopRules("#", extra=("</s>",), until_stop=True))))
     assert "".join(r.outputs for r in rounds) == "ab</s>" and rounds[-1].stop
     assert engine.rewinds == ["#"]
 
 
 def test_without_stop_sequence_one_answer():
     _, svc = service("abcdef")
-    rounds = run(_rounds(svc, GenerateSpec(inputs="x", max_new_tokens=4, until_stop=True)))
+    rounds = run(_rounds(svc, GenerateSpec(inputs="x", max_new_tokens=4, stops=StopRules(until_stop=True))))
     assert [(r.outputs, r.stop, r.token_count, r.finish_reason) for r in rounds] == [("abcd", True, 4, "length")]
 
 
@@ -119,8 +120,8 @@ def test_budget_runs_out_before_the_stop_sequence():
         conv = await svc.open(SPEC, 10, "c")
         got = []
         with pytest.raises(LengthExceeded, match="Maximum length exceeded"):
-            async for r in conv.generate(GenerateSpec(inputs="xyz", max_new_tokens=1, stop_sequence="#",
-                                                      until_stop=True)):
+            async for r in conv.generate(GenerateSpec(inputs="xyz", max_new_tokens=1,
+                                                      stops=StopRules("#", until_stop=True))):
                 got.append(r)
         await conv.close()
         return got

@@ -36,11 +36,12 @@ from typing import Any
 from pydantic import BaseModel
 
 from ..engine.types import SamplingParams
-from ..errors import MAX_LENGTH_EXCEEDED, ApiError, BadRequest, LengthExceeded, TooLarge
+from ..errors import ApiError, BadRequest
 from ..registry import ModelSpec
 from ..routes import sse
 from ..services.chat_format import completion_stop_sequences, format_chat
 from ..services.generation import GenerateSpec, GenerationService, Round
+from ..services.planning import StopRules
 from . import schemas as s
 from .stops import StopCutter
 
@@ -145,29 +146,14 @@ class OpenAIServing:
     def _plan(self, req: s.ChatCompletionRequest | s.CompletionRequest, spec: ModelSpec, prompt: str,
               stops: tuple[str, ...], *, chat: bool, request_id: str, limit_param: str) -> Job:
         prompt_param = "messages" if chat else "prompt"
-        if len(prompt) > self.service.max_input_chars:
-            raise TooLarge(f"the prompt is too long ({len(prompt)} characters, limit "
-                           f"{self.service.max_input_chars})", param=prompt_param)
+        budget = self.service.budget
+        budget.check_chars(prompt, subject="the prompt is", param=prompt_param)
         prompt_tokens = self.engine.count_tokens(spec.key, prompt)
-        if prompt_tokens > self.service.max_input_tokens:
-            raise TooLarge(f"the prompt is too long ({prompt_tokens} tokens, limit {self.service.max_input_tokens})",
-                           param=prompt_param)
-        context = spec.chat.max_session_length
-        room = context - prompt_tokens
-        if room < 1:
-            raise TooLarge(f"the prompt is too long: {prompt_tokens} tokens, and the model's context is {context}",
-                           param=prompt_param)
-        server_limit = self.service.max_new_tokens_limit
-        limit = req.token_limit
-        if limit is None:
-            limit = min(spec.chat.generation_params.get("max_new_tokens") or room, room, server_limit)
-        elif limit > server_limit:
-            raise BadRequest(f"{limit_param} {limit} is above this server's limit of {server_limit}",
-                             param=limit_param)
-        elif limit > room:
-            raise LengthExceeded(f"{MAX_LENGTH_EXCEEDED}: the prompt's {prompt_tokens} tokens plus {limit_param} "
-                                 f"{limit} exceed the model's context of {context} tokens", param=limit_param)
-        gen = GenerateSpec(inputs=prompt, max_new_tokens=limit, stop_sequences=stops, round_tokens=1,
+        budget.check_tokens(prompt_tokens, subject="the prompt is", param=prompt_param)
+        limit = budget.completion_tokens(req.token_limit, spec.chat.generation_params.get("max_new_tokens"),
+                                         prompt_tokens=prompt_tokens, context=spec.chat.max_session_length,
+                                         param=limit_param, prompt_param=prompt_param)
+        gen = GenerateSpec(inputs=prompt, max_new_tokens=limit, stops=StopRules(strings=stops), round_tokens=1,
                            sampling=sampling_params(req, spec.chat.generation_params))
         return Job(chat=chat, spec=spec, gen=gen, prompt_tokens=prompt_tokens, stops=stops,
                    include_usage=req.include_usage, request_id=request_id,

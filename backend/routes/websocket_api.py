@@ -26,6 +26,7 @@ from quart import Blueprint, websocket
 from .. import protocol
 from ..errors import ApiError, BadRequest, SwarmError
 from ..services.generation import Conversation, GenerateSpec
+from ..services.planning import StopRules
 from ..services.shutdown import SHUTDOWN, SHUTTING_DOWN
 from . import legacy_errors
 from .common import client_address, is_own_origin, service, state
@@ -194,9 +195,10 @@ class _Connection:
         if self.conversation is None:
             raise BadRequest("the first request must be of type 'open_inference_session'")
         req = protocol.parse(protocol.GenerateRequest, request)
+        stops = StopRules(stop_sequence=req.stop_sequence, extra=tuple(req.extra_stop_sequences or ()),
+                          until_stop=True)
         spec = GenerateSpec(inputs=req.inputs, max_new_tokens=req.max_new_tokens, max_length=req.max_length,
-                            sampling=req.sampling(), stop_sequence=req.stop_sequence,
-                            extra_stop_sequences=tuple(req.extra_stop_sequences or ()), until_stop=True)
+                            sampling=req.sampling(), stops=stops)
         deadline = self.deadline
         shutdown = self.shutdown
         if shutdown is not None and shutdown.deadline is not None:

@@ -17,6 +17,7 @@ from ..errors import MAX_LENGTH_EXCEEDED, BadRequest, Forbidden, LengthExceeded,
 from ..registry import ModelSpec, Registry
 from .limits import SessionLimiter
 from .metrics import Metrics
+from .planning import Budget, StopRules
 
 logger = logging.getLogger("backend.prompts")
 
@@ -39,11 +40,15 @@ class GenerateSpec:
     max_new_tokens: int | None = None
     max_length: int | None = None
     sampling: SamplingParams = SamplingParams()
-    stop_sequence: str | None = None  # WebSocket API: the regular stop sequence (rewind target)
-    extra_stop_sequences: tuple[str, ...] = ()  # WebSocket API: rewound to stop_sequence when matched
-    stop_sequences: tuple[str, ...] = ()  # OpenAI-style stops: end the text, no rewind
-    until_stop: bool = False  # WebSocket API: keep generating round after round until stop_sequence
+    stops: StopRules = StopRules()
     round_tokens: int | None = None  # yield a Round every N tokens (None: one Round at the end)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    budget: int  # new tokens the engine may generate
+    round_tokens: int | None
+    continues: bool  # WebSocket rounds until a stop sequence
 
 
 class Conversation:
@@ -66,47 +71,30 @@ class Conversation:
             self.service.limiter.release(self.client)
             self.service.metrics.sessions_open.dec()
 
-    async def generate(self, req: GenerateSpec) -> AsyncIterator[Round]:
-        """Run one generation request; yield its replies (one, or one per round)."""
-        engine = self.service.engine
-        stops = [req.stop_sequence] if req.stop_sequence else []
-        if req.extra_stop_sequences:
-            if not req.stop_sequence:
-                raise BadRequest("extra_stop_sequences require stop_sequence", param="extra_stop_sequences")
-            if engine.count_tokens(self.spec.key, req.stop_sequence) != 1:
-                raise BadRequest("extra_stop_sequences require stop_sequence length to be exactly 1 token",
-                                 param="stop_sequence")
-            stops += [s for s in req.extra_stop_sequences if s]
-        stops += [s for s in req.stop_sequences if s]
+    def _plan(self, req: GenerateSpec) -> _Plan:
+        """Check the request against the session's budget (:mod:`.planning`) and size its rounds."""
+        req.stops.check(lambda text: self.service.engine.count_tokens(self.spec.key, text))
         n_inputs = self.service.count_inputs(self.spec, req.inputs)
         used = self.session.length + n_inputs
         remaining = self.session.max_length - used
-        if req.max_new_tokens is not None:
-            step = req.max_new_tokens
-        elif req.max_length is not None:
-            step = req.max_length - used
-            if step <= 0:
-                raise BadRequest(f"max_length {req.max_length} leaves no room for new tokens: the context already "
-                                 f"holds {used} tokens", param="max_length")
-        else:
-            raise BadRequest("one of max_new_tokens or max_length is required", param="max_new_tokens")
-        if step > self.service.max_new_tokens_limit:
-            raise BadRequest(f"max_new_tokens {step} is above this server's limit of "
-                             f"{self.service.max_new_tokens_limit}", param="max_new_tokens")
-        until_stop = req.until_stop and bool(req.stop_sequence)
-        round_tokens = req.round_tokens or (step if until_stop else None)
-        if until_stop:
-            budget = remaining  # rounds continue until a stop sequence or the session's end
-        else:
-            budget = step
-            if step > remaining:
-                raise LengthExceeded(
-                    f"{MAX_LENGTH_EXCEEDED}: the session holds {self.session.length} tokens, the request adds "
-                    f"{n_inputs} and {step} new ones, over its max_length of {self.session.max_length}")
+        step = self.service.budget.step(req.max_new_tokens, req.max_length, used)
+        continues = req.stops.continues
+        if not continues and step > remaining:
+            raise LengthExceeded(
+                f"{MAX_LENGTH_EXCEEDED}: the session holds {self.session.length} tokens, the request adds "
+                f"{n_inputs} and {step} new ones, over its max_length of {self.session.max_length}")
+        budget = remaining if continues else step  # rounds continue until a stop sequence or the session's end
         if budget <= 0:
             raise LengthExceeded(f"{MAX_LENGTH_EXCEEDED}: the session's max_length of {self.session.max_length} "
                                  f"tokens is used up")
+        return _Plan(budget=budget, round_tokens=req.round_tokens or (step if continues else None),
+                     continues=continues)
 
+    async def generate(self, req: GenerateSpec) -> AsyncIterator[Round]:
+        """Run one generation request; yield its replies (one, or one per round)."""
+        engine = self.service.engine
+        plan = self._plan(req)
+        until_stop, round_tokens = plan.continues, plan.round_tokens
         metrics = self.service.metrics
         pending, pending_tokens = "", 0
         started = last = time.perf_counter()
@@ -117,8 +105,9 @@ class Conversation:
         if log_prompts:
             logger.info("prompt model=%s inputs=%r", self.spec.key, req.inputs)
             answer: list[str] = []
-        stream = _counting_swarm_errors(
-            engine.stream(self.session, req.inputs, req.sampling, max_new_tokens=budget, stop_sequences=stops), metrics)
+        stream = engine.stream(self.session, req.inputs, req.sampling, max_new_tokens=plan.budget,
+                               stop_sequences=req.stops.sequences())
+        stream = _counting_swarm_errors(stream, metrics)
         async with contextlib.aclosing(stream):
             async for chunk in stream:
                 now = time.perf_counter()
@@ -132,7 +121,7 @@ class Conversation:
                     answer.append(chunk.text)
                 pending_tokens += chunk.tokens
                 final = chunk.finish_reason is not None
-                rewind = final and bool(req.stop_sequence) and chunk.matched_stop in req.extra_stop_sequences
+                rewind = final and req.stops.rewinds(chunk.matched_stop)
                 if until_stop and chunk.finish_reason == "length":
                     if pending:
                         yield Round(pending, False, pending_tokens)
@@ -148,7 +137,7 @@ class Conversation:
         if log_prompts:
             logger.info("answer model=%s outputs=%r", self.spec.key, "".join(answer))
         if rewind:
-            engine.replace_last_token(self.session, req.stop_sequence)  # the rewind
+            engine.replace_last_token(self.session, req.stops.stop_sequence)  # the rewind
         if last_round is not None:
             yield last_round
 
@@ -174,21 +163,17 @@ class GenerationService:
         self.registry = registry
         self.limiter = limiter
         self.metrics = metrics
-        self.max_new_tokens_limit = max_new_tokens_limit
-        self.max_input_chars = max_input_chars
-        self.max_input_tokens = max_input_tokens
+        self.budget = Budget(max_new_tokens_limit=max_new_tokens_limit, max_input_chars=max_input_chars,
+                             max_input_tokens=max_input_tokens)
         self.log_prompts = log_prompts
 
     def count_inputs(self, spec: ModelSpec, inputs: str | None) -> int:
         """Tokens in ``inputs``; a clear error when they are over the character or token limit."""
         if not inputs:
             return 0
-        if len(inputs) > self.max_input_chars:
-            raise BadRequest(f"inputs are too long ({len(inputs)} characters, limit {self.max_input_chars})",
-                             param="inputs")
+        self.budget.check_chars(inputs, subject="inputs are", param="inputs")
         n = self.engine.count_tokens(spec.key, inputs)
-        if n > self.max_input_tokens:
-            raise BadRequest(f"inputs are too long ({n} tokens, limit {self.max_input_tokens})", param="inputs")
+        self.budget.check_tokens(n, subject="inputs are", param="inputs")
         return n
 
     def resolve_model(self, name: str | None, *, own_origin: bool) -> ModelSpec:
@@ -220,19 +205,8 @@ class GenerationService:
     async def generate_once(self, spec: ModelSpec, req: GenerateSpec, client: str) -> AsyncIterator[Round]:
         """A stateless generation (HTTP APIs): a session sized for the request, closed afterwards."""
         n_inputs = self.count_inputs(spec, req.inputs)
-        if req.max_new_tokens is not None:
-            total = n_inputs + req.max_new_tokens
-        elif req.max_length is not None:
-            total = req.max_length
-        else:
-            raise BadRequest("one of max_new_tokens or max_length is required", param="max_new_tokens")
-        if req.max_new_tokens is not None and req.max_new_tokens > self.max_new_tokens_limit:
-            raise BadRequest(f"max_new_tokens {req.max_new_tokens} is above this server's limit of "
-                             f"{self.max_new_tokens_limit}", param="max_new_tokens")
-        if total > spec.chat.max_session_length:
-            raise LengthExceeded(f"{MAX_LENGTH_EXCEEDED}: {n_inputs} input tokens plus the new tokens exceed the "
-                                 f"model's max_session_length of {spec.chat.max_session_length}")
-        conversation = await self.open(spec, max(total, 1), client)
+        total = self.budget.session_length(n_inputs, req.max_new_tokens, req.max_length, spec.chat.max_session_length)
+        conversation = await self.open(spec, total, client)
         try:
             async for item in conversation.generate(req):
                 yield item
