@@ -88,7 +88,7 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
             app_state.shutdown.close()
         if app_state.loader is not None:  # no retry may start once the engine is shut down
             await asyncio.to_thread(app_state.loader.stop)
-        if app_state.engine is not None and hasattr(app_state.engine, "shutdown"):
+        if app_state.engine is not None:
             app_state.engine.shutdown()
 
     @app.before_request

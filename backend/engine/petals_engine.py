@@ -233,10 +233,6 @@ class PetalsEngine:
     def open_sessions(self) -> int:
         return len(self._sessions)
 
-    @property
-    def running_generations(self) -> int:
-        return self._running
-
     def _get(self, model_key: str) -> _Loaded:
         if model_key not in self._specs:
             raise UnknownModel(f"Unknown model: {model_key}")

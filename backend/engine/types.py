@@ -92,3 +92,6 @@ class Engine(Protocol):
     def replace_last_token(self, session: EngineSession, text: str) -> None: ...
 
     async def readiness(self) -> dict[str, Any]: ...
+
+    def shutdown(self) -> None:
+        """Close every session and stop the engine's network (the DHT); models loading stop too."""

@@ -29,7 +29,6 @@ class AppState:
     service: GenerationService | None = None
     engine: Engine | None = None
     loading_error: str | None = None
-    embedded_swarm: Any = None
     loader: Any = None  # a services.model_loader.ModelLoader once serving
     shutdown: Any = None  # a services.shutdown.ShutdownWatch once serving
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import collections
-import contextlib
-from collections.abc import Iterator
 
 from ..errors import BUSY, Busy
 
@@ -29,11 +27,3 @@ class SessionLimiter:
         self._per_client[client] -= 1
         if self._per_client[client] <= 0:
             del self._per_client[client]
-
-    @contextlib.contextmanager
-    def slot(self, client: str) -> Iterator[None]:
-        self.acquire(client)
-        try:
-            yield
-        finally:
-            self.release(client)
