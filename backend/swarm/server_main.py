@@ -5,10 +5,16 @@
 prints :data:`READY_MARKER` once the server's blocks are loaded and announced
 online, which the launcher waits for, and asks the kernel to end this process
 when its parent dies (no orphaned servers if the launcher is killed).
+
+Two flags of its own come before Petals' flags are parsed (see
+:mod:`backend.swarm.batching`): ``--max_batch_sessions N`` (default 64) caps how
+many sessions' decode steps run as one forward, and ``--no_batching`` gives
+stock Petals behaviour.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import signal
 import sys
@@ -25,11 +31,34 @@ def _die_with_parent() -> None:
         pass
 
 
+def parse_own_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """Split this wrapper's flags from the Petals server's."""
+    from .batching import DEFAULT_MAX_SESSIONS
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--no_batching", action="store_true")
+    parser.add_argument("--max_batch_sessions", type=int, default=DEFAULT_MAX_SESSIONS)
+    own, rest = parser.parse_known_args(argv)
+    if own.max_batch_sessions < 1:
+        parser.error("--max_batch_sessions must be at least 1")
+    return own, rest
+
+
 def main(argv: list[str]) -> None:
     _die_with_parent()
+    own, argv = parse_own_flags(argv)
     from backend.compat import apply
 
     apply()
+    if not own.no_batching and own.max_batch_sessions > 1:
+        from . import batching
+
+        try:
+            batching.install(own.max_batch_sessions)
+            argv = batching.server_args(argv)
+            print(f"Batched decoding on: up to {own.max_batch_sessions} sessions per forward", flush=True)
+        except batching.UnsupportedPetals as e:
+            print(f"Batched decoding off: {e}", flush=True)
     from petals.server import server as server_module
 
     original = server_module.ModuleContainer.run_in_background

@@ -1,0 +1,163 @@
+"""The task pool and the step function of batched decoding (see :mod:`backend.swarm.batching`).
+
+Imports Petals: only the server process imports this module, after the hivemind bridge is applied.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from petals.server.task_pool import PrioritizedTaskPool, Task, _move_to_device_if_tensor
+from petals.utils.misc import is_dummy
+
+from . import batched_llama
+from .batching import BatchStats, drain
+
+logger = logging.getLogger("petals_chat.batching")
+
+
+class Group:
+    """Several sessions' decode steps for the same blocks, loaded together."""
+
+    def __init__(self, tasks: list[Task], device):
+        self.tasks = tasks
+        self.args = [[_move_to_device_if_tensor(a, device, share_memory=False) for a in t.args] for t in tasks]
+
+
+class GroupResult(tuple):
+    """The runtime's view: ``(all rows' outputs,)``; ``per_task`` has each task's output or exception."""
+
+    per_task: list
+
+
+def decode_key(task: Task):
+    """What a step must share with others to run in one forward (None: it cannot be batched).
+
+    A decode step: hidden states ``[rows, 1, hidden]``, no beam reordering (dummy ``hypo_ids``), no deep prompts.
+    Steps batch together when they go through the same blocks with the same adapter and dtype.
+    """
+    hidden_states, hypo_ids, infos, *prompts = task.args
+    if hidden_states.ndim != 3 or hidden_states.shape[1] != 1 or not is_dummy(hypo_ids):
+        return None
+    if any(p is not None for p in prompts):
+        return None
+    adapters = {info.active_adapter for info in infos}
+    if len(adapters) != 1:
+        return None
+    return tuple(info.uid for info in infos), adapters.pop(), hidden_states.dtype, hidden_states.shape[2]
+
+
+class BatchingTaskPool(PrioritizedTaskPool):
+    """Petals' prioritized pool, except that queued decode steps for the same blocks are handed out together."""
+
+    def __init__(self, process_func, *, max_sessions: int, **kwargs):
+        super().__init__(process_func, **kwargs)
+        self.max_sessions = max(1, max_sessions)
+
+    def load_batch_to_runtime(self, timeout=None, device=None):
+        device = device if device is not None else self.device
+        first = self._ordered_tasks.get(block=True, timeout=timeout)
+        tasks = [first]
+        key = decode_key(first) if self.max_sessions > 1 else None
+        if key is not None:
+            tasks += drain(self._ordered_tasks, lambda t: decode_key(t) == key, self.max_sessions - 1)
+        for _ in tasks:
+            self.batch_receiver.recv()  # one token was sent per submitted task
+        if not self._ordered_tasks.empty():
+            head: Task = self._ordered_tasks.queue[0]
+            self.priority = (head.priority, head.time_submitted)
+        if len(tasks) == 1:
+            self._dispatched_tasks[first.uid] = first
+            return first.uid, [_move_to_device_if_tensor(a, device, share_memory=False) for a in first.args]
+        self._dispatched_tasks[first.uid] = tasks
+        return first.uid, [Group(tasks, device)]
+
+    def send_outputs_from_runtime(self, uid: int, batch_outputs):
+        entry = self._dispatched_tasks.pop(uid, None)
+        if entry is None:
+            logger.error("Internal error: task %s is missing; could not set its result", uid)
+        elif isinstance(entry, list):
+            for task, output in zip(entry, batch_outputs.per_task, strict=True):
+                if isinstance(output, BaseException):
+                    task.future.set_exception(output)
+                else:
+                    task.future.set_result([_move_to_device_if_tensor(output, "cpu", share_memory=True)])
+        else:
+            entry.future.set_result([_move_to_device_if_tensor(o, "cpu", share_memory=True) for o in batch_outputs])
+
+    def send_exception_from_runtime(self, uid: int, exception: BaseException):
+        entry = self._dispatched_tasks.pop(uid, None)
+        if entry is None:
+            logger.error("Internal error: task %s is missing; could not set exception %s", uid, exception)
+            return
+        for task in entry if isinstance(entry, list) else [entry]:
+            task.future.set_exception(exception)
+
+
+class BatchedStep:
+    """The pool's ``process_func``: Petals' merged step for one task, one forward per block for a group."""
+
+    def __init__(self, stock_step, backends):
+        self.stock_step = stock_step
+        self.backends = backends
+        self.stats = BatchStats()
+
+    def __call__(self, *args):
+        if len(args) == 1 and isinstance(args[0], Group):
+            return self.run_group(args[0])
+        return self.stock_step(*args)
+
+    def run_group(self, group: Group) -> GroupResult:
+        try:
+            outputs = self.forward(group.args)
+            per_task = list(outputs.split([a[0].shape[0] for a in group.args]))
+            per_task = [o.clone() for o in per_task]  # each future gets its own storage, not the whole batch's
+            self.stats.record(len(group.tasks))
+        except Exception as e:  # e.g. a session closed while its step was queued: retry each step alone
+            logger.info("Batched step of %d sessions failed (%s); running them one by one", len(group.tasks), e)
+            outputs, per_task = None, [self._run_alone(args) for args in group.args]
+        rows = outputs if outputs is not None else torch.zeros(sum(a[0].shape[0] for a in group.args))
+        result = GroupResult((rows,))
+        result.per_task = per_task
+        return result
+
+    def _run_alone(self, args):
+        try:
+            (output,) = self.stock_step(*args)
+            return output
+        except Exception as e:
+            return e
+
+    @torch.inference_mode()
+    def forward(self, group_args) -> torch.Tensor:
+        hidden = torch.cat([a[0] for a in group_args])
+        infos_per_task = [a[2] for a in group_args]
+        uids = [info.uid for info in infos_per_task[0]]
+        first_backend = self.backends[uids[0]]
+        handles = [info.cache_handles for infos in infos_per_task for info in infos]
+        adapter = infos_per_task[0][0].active_adapter
+        flat = [h for hs in handles for h in hs]
+        with first_backend.memory_cache.use_cache(*flat) as tensors, \
+                first_backend._peft_module.using_adapter(adapter):
+            caches = _caches_per_task(tensors, [len(infos) for infos in infos_per_task])
+            sessions = [batched_llama.SessionStep(a[0], a[2][0].prefix_length, c)
+                        for a, c in zip(group_args, caches, strict=True)]
+            if any(len({info.prefix_length for info in a[2]}) != 1 for a in group_args):
+                raise ValueError("blocks of one step disagree on the prefix length")
+            for block, uid in enumerate(uids):
+                hidden = batched_llama.decode_block(batched_llama.block_of(self.backends[uid]), hidden, sessions,
+                                                    block)
+        return hidden
+
+
+def _caches_per_task(tensors, blocks_per_task: list[int]) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Split the flat tuple ``use_cache`` returned into, per task, per block, ``(keys, values)``."""
+    caches, i = [], 0
+    for blocks in blocks_per_task:
+        per_block = []
+        for _ in range(blocks):
+            per_block.append((tensors[i], tensors[i + 1]))
+            i += 2
+        caches.append(per_block)
+    return caches
