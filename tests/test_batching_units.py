@@ -1,0 +1,176 @@
+"""Batched decoding, one layer at a time: the block arithmetic against Petals' own path, and the pool's grouping.
+
+The swarm-level tests (real servers, real clients) are in ``test_batching_swarm.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from backend.compat import import_petals
+
+import_petals()
+
+from petals.data_structures import InferenceMetadata  # noqa: E402
+from petals.models.llama.block import WrappedLlamaBlock  # noqa: E402
+from petals.server.backend import TransformerBackend  # noqa: E402
+from petals.utils.misc import DUMMY_INT64  # noqa: E402
+from transformers import LlamaConfig  # noqa: E402
+
+from backend.swarm import batched_llama, batching  # noqa: E402
+from backend.swarm.batching_pool import BatchedStep, BatchingTaskPool, Group, decode_key  # noqa: E402
+
+HIDDEN, HEADS, KV_HEADS, MAX_LEN = 64, 4, 2, 32
+
+
+def make_block(dtype: torch.dtype) -> WrappedLlamaBlock:
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=HIDDEN, intermediate_size=128, num_attention_heads=HEADS,
+                         num_key_value_heads=KV_HEADS, max_position_embeddings=MAX_LEN)
+    block = WrappedLlamaBlock(config).to(dtype).eval()
+    for p in block.parameters():
+        p.data.normal_(0, 0.2)
+    return block
+
+
+def make_cache(rows: int, prefix: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Petals cache for one session and one block, its first ``prefix`` positions filled."""
+    head_dim = HIDDEN // HEADS
+    keys = torch.zeros(rows, KV_HEADS, head_dim, MAX_LEN, dtype=dtype)
+    values = torch.zeros(rows, KV_HEADS, MAX_LEN, head_dim, dtype=dtype)
+    keys[..., :prefix] = torch.randn(rows, KV_HEADS, head_dim, prefix).to(dtype)
+    values[:, :, :prefix] = torch.randn(rows, KV_HEADS, prefix, head_dim).to(dtype)
+    return keys, values
+
+
+def stock_step(block, hidden, cache, prefix):
+    """What ``TransformerBackend.inference_step`` does for one session and one block (cache updated in place)."""
+    fake_backend = SimpleNamespace(module=SimpleNamespace(module_shards=[block]))
+    layer_past = TransformerBackend._select_layer_past(fake_backend, list(cache), prefix)
+    with torch.inference_mode():
+        out, new_kvs = block.forward(hidden, layer_past=layer_past, use_cache=True)
+    TransformerBackend._update_cache_inplace(None, list(cache), new_kvs, prefix)
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_block_matches_petals_path(dtype):
+    """Sessions of different lengths and row counts in one forward give what each gets alone on Petals' path."""
+    block = make_block(dtype)
+    shapes = [(1, 0), (1, 5), (2, 17), (1, 30)]  # (rows, prefix length)
+    hiddens = [torch.randn(rows, 1, HIDDEN).to(dtype) for rows, _ in shapes]
+    caches = [make_cache(rows, prefix, dtype) for rows, prefix in shapes]
+    stock_caches = [tuple(t.clone() for t in c) for c in caches]
+
+    expected = [stock_step(block, h, c, p) for h, c, (_, p) in zip(hiddens, stock_caches, shapes, strict=True)]
+    sessions = [batched_llama.SessionStep(h, p, [c]) for h, c, (_, p) in zip(hiddens, caches, shapes, strict=True)]
+    got = batched_llama.decode_block(block, torch.cat(hiddens), sessions, 0).split([r for r, _ in shapes])
+
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    for out, ref, cache, ref_cache, (_, p) in zip(got, expected, caches, stock_caches, shapes, strict=True):
+        torch.testing.assert_close(out, ref, **tol)
+        torch.testing.assert_close(cache[0][..., :p + 1], ref_cache[0][..., :p + 1], **tol)
+        torch.testing.assert_close(cache[1][:, :, :p + 1], ref_cache[1][:, :, :p + 1], **tol)
+        assert not cache[0][..., p + 1:].any(), "a step wrote past its own position"
+
+
+def test_supports_only_plain_llama_blocks():
+    block = make_block(torch.float32)
+    assert batched_llama.supports(SimpleNamespace(module=SimpleNamespace(module_shards=[block])))
+    assert not batched_llama.supports(SimpleNamespace(module=SimpleNamespace(module_shards=[block, block])))
+    assert not batched_llama.supports(SimpleNamespace(module=SimpleNamespace(module_shards=[torch.nn.Linear(2, 2)])))
+
+
+def test_install_refuses_an_unknown_petals(monkeypatch):
+    import petals
+
+    monkeypatch.setattr(petals, "__version__", "2.3.0")
+    with pytest.raises(batching.UnsupportedPetals, match="2.3.0"):
+        batching.install()
+
+
+def test_server_args_turn_prefetch_off_unless_given():
+    assert batching.server_args(["m", "--num_blocks", "2"])[-2:] == ["--prefetch_batches", "0"]
+    assert batching.server_args(["m", "--prefetch_batches", "2"]) == ["m", "--prefetch_batches", "2"]
+
+
+# -- the pool ----------------------------------------------------------------------------------------------------
+
+def step_args(uids=("b.0", "b.1"), tokens=1, prompts=None, hypo_ids=DUMMY_INT64):
+    infos = tuple(InferenceMetadata(uid, 3, (1, 2), None) for uid in uids)
+    return (torch.zeros(1, tokens, HIDDEN), hypo_ids, infos, *(prompts or [None] * len(uids)))
+
+
+def test_decode_key_accepts_only_plain_decode_steps():
+    assert decode_key(SimpleNamespace(args=step_args())) is not None
+    assert decode_key(SimpleNamespace(args=step_args(tokens=5))) is None  # prefill
+    assert decode_key(SimpleNamespace(args=step_args(hypo_ids=torch.tensor([0])))) is None  # beam reorder
+    assert decode_key(SimpleNamespace(args=step_args(prompts=[torch.zeros(1), None]))) is None  # deep prompts
+    assert decode_key(SimpleNamespace(args=step_args())) != decode_key(SimpleNamespace(args=step_args(uids=("x",))))
+
+
+@pytest.fixture
+def pool():
+    pool = BatchingTaskPool(lambda *a: a, max_batch_size=8192, device=torch.device("cpu"), name="test_pool",
+                            max_sessions=3)
+    pool.start()
+    yield pool
+    pool.shutdown()
+    pool.join(timeout=5)
+
+
+def wait_queued(pool, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while pool._ordered_tasks.qsize() < count:
+        assert time.monotonic() < deadline, "tasks never reached the pool's queue"
+        time.sleep(0.005)
+
+
+def test_pool_groups_queued_decode_steps_and_keeps_the_rest_in_order(pool):
+    """Decode steps for the same blocks go together (up to max_sessions); a prefill and other blocks wait alone."""
+    a, prefill, b, other, c, d = (pool.submit_task(*args) for args in (
+        step_args(), step_args(tokens=4), step_args(), step_args(uids=("x.0",)), step_args(), step_args()))
+    wait_queued(pool, 6)
+
+    uid, batch = pool.load_batch_to_runtime()
+    assert len(batch) == 1 and isinstance(batch[0], Group)
+    assert [t.uid for t in batch[0].tasks] == [a._uid, b._uid, c._uid]  # max_sessions=3: d waits for the next forward
+    delivered = {}
+    for task in batch[0].tasks:  # the pool's copies of the futures: record what each is given
+        task.future.set_result = lambda outputs, uid=task.uid: delivered.setdefault(uid, outputs)
+    pool.send_outputs_from_runtime(uid, result_of([torch.ones(1, 1, HIDDEN) * i for i in range(3)]))
+    assert [delivered[f._uid][0][0, 0, 0].item() for f in (a, b, c)] == [0.0, 1.0, 2.0]
+
+    loaded = [pool.load_batch_to_runtime() for _ in range(3)]
+    kinds = [batch[0].shape[1] if isinstance(batch[0], torch.Tensor) else "group" for _, batch in loaded]
+    assert kinds == [4, 1, 1]  # the prefill alone, then the other blocks' step, then d
+    assert pool.empty, "every submitted task's pipe token was consumed exactly once"
+
+
+def test_one_failed_step_does_not_fail_its_batch_mates(pool):
+    """If the group's forward fails, each step is rerun alone: only the faulty one gets an error."""
+    def stock(hidden, hypo_ids, infos, *prompts):
+        if infos[0].uid == "bad.0":
+            raise KeyError("cache handle freed")
+        return (hidden + 1,)
+
+    step = BatchedStep(stock, backends={})  # no backends: the batched forward itself fails
+    group_args = [step_args(), step_args(), step_args()]
+    group_args[1] = (group_args[1][0], group_args[1][1],
+                     tuple(InferenceMetadata("bad.0", 3, (1, 2), None) for _ in range(2)), None, None)
+    result = step.run_group(SimpleNamespace(args=group_args, tasks=[None] * 3))
+    assert isinstance(result.per_task[1], KeyError)
+    assert torch.equal(result.per_task[0], torch.ones(1, 1, HIDDEN))
+    assert torch.equal(result.per_task[2], torch.ones(1, 1, HIDDEN))
+
+
+def result_of(outputs):
+    from backend.swarm.batching_pool import GroupResult
+
+    result = GroupResult((torch.cat(outputs),))
+    result.per_task = outputs
+    return result
