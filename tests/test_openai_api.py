@@ -21,7 +21,6 @@ from fake_engine import FakeEngine, in_process_app
 pytestmark = pytest.mark.timeout(180)
 
 CHAT_STOPS = ("<|im_end|>", "<|endoftext|>")  # the "tiny" model's stop token and extra stop sequence
-SYSTEM = "You are a test."  # its registry system prompt
 
 
 def _client(server, **kwargs) -> openai.OpenAI:
@@ -35,8 +34,7 @@ def client(live_server):
 
 
 def chat_prompt(reference, messages: list[dict]) -> str:
-    if not any(m["role"] == "system" for m in messages):
-        messages = [{"role": "system", "content": SYSTEM}, *messages]
+    """The template renders its own default system message (the registry's "You are a test." is not used)."""
     return reference.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 

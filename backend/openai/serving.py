@@ -2,7 +2,8 @@
 
 How OpenAI's parameters map onto generation:
 
-* ``temperature``: 0 (anything below 1e-5) is greedy decoding; above, sampling at that
+* ``temperature``: 0 (anything below 1e-5) is plain greedy decoding: no registry parameter
+  applies (no ``repetition_penalty`` unless the request sets it). Above, sampling at that
   temperature. Omitted: the model's registry ``generation_params`` decide (``do_sample``,
   ``temperature``, ``top_p``, ``top_k``, ``repetition_penalty``).
 * ``top_p``, ``top_k`` (extension): used when sampling.
@@ -109,6 +110,8 @@ def sampling_params(req: s.GenerationRequest, defaults: Mapping[str, Any]) -> Sa
         do_sample, temperature = req.temperature >= MIN_TEMPERATURE, req.temperature
     penalty = number(pick("repetition_penalty"))
     if not do_sample:
+        if req.temperature is not None:  # an explicit 0: plain greedy, only the request's own penalty
+            penalty = number(req.repetition_penalty)
         return SamplingParams(repetition_penalty=penalty, seed=req.seed)
     return SamplingParams(do_sample=True, temperature=number(temperature), top_k=pick("top_k"),
                           top_p=number(pick("top_p")), repetition_penalty=penalty, seed=req.seed)

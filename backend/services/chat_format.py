@@ -9,7 +9,8 @@ The one place that knows the two formats (the web page mirrors them in
   / ``Assistant: ...`` turns joined with ``sep_token``, each finished answer
   followed by ``stop_token``, ending with ``Assistant:``.
 
-When the messages carry no system message, the registry's ``system_prompt`` is used.
+When the messages carry no system message: a chat template renders exactly its own default
+(which may be no system message at all); the legacy format uses the registry's ``system_prompt``.
 """
 
 from __future__ import annotations
@@ -66,9 +67,9 @@ def format_chat(engine: ChatRenderer, spec: ModelSpec, messages: Sequence[Mappin
     chat = spec.chat
     has_system = any(m["role"] == "system" for m in messages)
     if chat.use_chat_template:
+        # no system message: the template's own default, not the registry's system_prompt (which may
+        # differ by a character, and a small model answers differently)
         items = [{"role": m["role"], "content": m["content"]} for m in messages]
-        if not has_system and chat.system_prompt:
-            items.insert(0, {"role": "system", "content": chat.system_prompt})
         text = engine.render_chat(spec.key, items)
     else:
         system = ("\n".join(m["content"] for m in messages if m["role"] == "system") if has_system
