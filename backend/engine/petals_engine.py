@@ -33,7 +33,7 @@ from ..errors import (
     UnknownModel,
 )
 from ..registry import ModelSpec
-from . import petals_patches
+from . import coalesced_head, petals_patches
 from .detokenizer import IncrementalDetokenizer
 from .device import resolve_device, resolve_dtype
 from .types import Chunk, ModelStatus, SamplingParams
@@ -194,6 +194,7 @@ class PetalsEngine:
                 model = AutoDistributedModelForCausalLM.from_pretrained(spec.repository, **kwargs)
                 model = model.to(self.device)
                 model.eval()
+                coalesced_head.install(model)  # concurrent sessions share one LM-head matmul per token
                 eos = tokenizer.eos_token_id
                 loaded = _Loaded(spec=spec, tokenizer=tokenizer, model=model, eos_token_id=eos)
                 with self._lock:
