@@ -69,7 +69,9 @@ def test_chat_completion_greedy_matches_transformers_websocket_and_tokenizer(liv
     prompt = chat_prompt(reference, messages)
     text, n_tokens, finish = expected(reference, prompt, 8)
     result = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=8,
-                                            frequency_penalty=0, user="someone", extra_body={"unknown_field": 1})
+                                            frequency_penalty=0, user="someone", extra_body={"metadata": {"a": "b"},
+                                                                                        "store": False,
+                                                                                        "logit_bias": None})
     assert result.id.startswith("chatcmpl-") and result.object == "chat.completion" and result.model == "tiny"
     assert abs(result.created - time.time()) < 60
     choice = result.choices[0]
@@ -167,6 +169,11 @@ ERRORS = [
      "presence_penalty", "repetition_penalty"),
     ("chat", {"model": "tiny", "messages": []}, 400, "messages", "at least 1"),
     ("chat", {"model": "tiny", "messages": [{"role": "robot", "content": "x"}]}, 400, "messages[0]", "'user'"),
+    ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "extra_body": {"unknown_field": 1}},
+     400, "unknown_field", "'unknown_field' is not supported"),
+    ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x", "name": "bob"}]}, 400,
+     "messages[0].name", "not supported"),
+    ("completions", {"model": "tiny", "prompt": "x", "suffix": "y"}, 400, "suffix", "not supported"),
     ("completions", {"model": "tiny", "prompt": "x", "max_tokens": 10 ** 6}, 400, "max_tokens", "server's limit"),
     ("completions", {"model": "tiny", "prompt": "x", "max_tokens": 2048}, 400, "max_tokens", "Maximum length exceeded"),
     ("completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "prompt", "only one prompt"),
@@ -325,3 +332,29 @@ def test_swarm_failure_mid_stream_is_an_error_event_then_done(test_registry):
     assert payloads[-1]["error"]["type"] == "service_unavailable_error"
     assert payloads[-1]["error"]["code"] == "swarm_error" and "went away" in payloads[-1]["error"]["message"]
     assert engine.open_sessions == 0
+
+
+def test_every_unknown_field_is_refused_by_name_and_the_harmless_ones_are_accepted(test_registry):
+    from backend.openai.schemas import IGNORED_FIELDS
+
+    chat = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1}
+    unknown = {"audio": {"voice": "alloy"}, "modalities": ["text", "audio"], "prediction": {"type": "content"},
+               "web_search_options": {}, "reasoning_effort": "low", "functions": [{"name": "f"}],
+               "some_future_field": 1}
+
+    async def scenario():
+        app = _in_process(FakeEngine(ready=True), test_registry)
+        async with app.test_app() as test_app:
+            client = test_app.test_client()
+            refused = {}
+            for field, value in unknown.items():
+                response = await client.post("/v1/chat/completions", json={**chat, field: value})
+                refused[field] = (response.status_code, (await response.get_json())["error"])
+            ignored = {field: "x" for field in IGNORED_FIELDS} | {"metadata": {"k": "v"}, "store": True}
+            accepted = await client.post("/v1/chat/completions", json={**chat, **ignored, "audio": None})
+            return refused, accepted.status_code
+
+    refused, accepted = asyncio.run(scenario())
+    for field, (status, error) in refused.items():
+        assert status == 400 and error["param"] == field and f"'{field}' is not supported" in error["message"]
+    assert accepted == 503  # not refused: the fake engine then fails like a swarm that went away

@@ -7,15 +7,13 @@ Every error is OpenAI's ``{"error": {"message", "type", "param", "code"}}``: rou
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from pydantic import BaseModel
 from quart import Blueprint, Response, current_app, g, jsonify, request
 
-from ..errors import ApiError, BadRequest, TooLarge
-from ..protocol import parse
-from ..routes import sse
+from ..errors import ApiError, TooLarge
+from ..routes import json_body, sse
 from ..routes.auth import require_api_key
 from ..routes.common import client_address, is_own_origin, service
 from . import schemas
@@ -45,11 +43,8 @@ async def _json_body() -> Any:
     limit = current_app.config["MAX_CONTENT_LENGTH"]  # the max_body_bytes setting
     if request.content_length is not None and request.content_length > limit:
         raise TooLarge(f"request body is too large ({request.content_length} bytes, limit {limit})")
-    body = await request.get_data(as_text=True)  # a chunked body over the limit: Quart's 413 (http_errors)
-    try:
-        return json.loads(body)
-    except ValueError as e:
-        raise BadRequest(f"malformed JSON: {e}") from None
+    body = await request.get_data(as_text=False)  # a chunked body over the limit: Quart's 413 (http_errors)
+    return json_body.decode(body, subject="body")
 
 
 @blueprint.before_request
@@ -65,7 +60,7 @@ async def list_models():
 
 
 async def _generate(model: type[schemas.ChatCompletionRequest | schemas.CompletionRequest]):
-    req = parse(model, await _json_body())
+    req = schemas.parse_request(model, await _json_body())
     serving = _serving()
     plan = serving.plan_chat if isinstance(req, schemas.ChatCompletionRequest) else serving.plan_completion
     job = plan(req, own_origin=is_own_origin(request), request_id=g.request_id)

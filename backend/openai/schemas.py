@@ -1,7 +1,9 @@
 """Wire format of the OpenAI-compatible API, defined once (pydantic).
 
-Requests ignore unknown fields, as OpenAI's own clients send many. Responses
-are built from these models, and ``/openapi.json`` is generated from them.
+Nothing is ignored in silence: a request field is honoured, or refused with a 400 naming it
+(:func:`parse_request`), except the fields of :data:`IGNORED_FIELDS`, which OpenAI clients send
+routinely and which cannot change the answer. A field sent as ``null`` is a field not sent.
+Responses are built from these models, and ``/openapi.json`` is generated from them.
 
 Extensions beyond OpenAI's fields (vLLM does the same): ``top_k`` and
 ``repetition_penalty``.
@@ -9,13 +11,16 @@ Extensions beyond OpenAI's fields (vLLM does the same): ``top_k`` and
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr, field_validator
 
-from ..errors import ApiError
+from ..errors import ApiError, BadRequest
+from ..protocol import parse
 
 MAX_INT = 1 << 31
+R = TypeVar("R", bound=BaseModel)
 Number = Annotated[float, Strict()]  # an int or a float; never a string or a bool
 Penalty = Annotated[Number, Field(ge=-2, le=2)]
 
@@ -26,8 +31,19 @@ def _drop_none():
 
 # ---- requests ------------------------------------------------------------------
 
+# Accepted and not used: bookkeeping and routing hints that cannot change the generated answer.
+IGNORED_FIELDS = {
+    "user": "an end-user id for abuse monitoring",
+    "metadata": "tags for stored completions",
+    "store": "whether OpenAI stores the completion",
+    "service_tier": "OpenAI's latency tier",
+    "prompt_cache_key": "a routing hint for OpenAI's prompt cache",
+    "safety_identifier": "an end-user id for abuse monitoring",
+}
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class TextPart(_Request):
@@ -38,7 +54,6 @@ class TextPart(_Request):
 class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant"]
     content: StrictStr | list[TextPart] | None = None
-    name: StrictStr | None = None  # accepted, not used
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -70,7 +85,6 @@ class GenerationRequest(_Request):
                                    description="Seeds the sampler (no effect on greedy decoding).")
     frequency_penalty: Penalty = Field(default=0, description="Only 0 is supported: use repetition_penalty.")
     presence_penalty: Penalty = Field(default=0, description="Only 0 is supported: use repetition_penalty.")
-    user: StrictStr | None = None  # accepted, not used
 
     @field_validator("n")
     @classmethod
@@ -241,3 +255,27 @@ class ErrorResponse(BaseModel):
     def of(cls, e: ApiError) -> ErrorResponse:
         return cls(error=ErrorDetail(message=e.message, type=ERROR_TYPES.get(e.status, "server_error"),
                                      param=e.param, code=e.code))
+
+
+# ---- parsing -------------------------------------------------------------------
+
+def _unknown(model: type[BaseModel], data: dict, where: str, ignored: Mapping[str, str]) -> dict:
+    """``data`` without ignored and null fields; a 400 naming the first field ``model`` does not know."""
+    kept = {}
+    for key, value in data.items():
+        if key in model.model_fields:
+            kept[key] = value
+        elif value is not None and key not in ignored:
+            raise BadRequest(f"'{where}{key}' is not supported by this server", param=f"{where}{key}")
+    return kept
+
+
+def parse_request(model: type[R], data: Any) -> R:
+    """Validate an OpenAI request: unknown fields are refused (400 naming them), not ignored."""
+    if not isinstance(data, dict):
+        raise BadRequest("request must be a JSON object")
+    data = _unknown(model, data, "", IGNORED_FIELDS)
+    if isinstance(data.get("messages"), list):
+        data["messages"] = [_unknown(ChatMessage, m, f"messages[{i}].", {}) if isinstance(m, dict) else m
+                            for i, m in enumerate(data["messages"])]
+    return parse(model, data)

@@ -22,7 +22,8 @@ How OpenAI's parameters map onto generation:
   appears in the output: text that may be its start is held back until it is known.
 * ``usage``: ``prompt_tokens`` is the tokenizer's count of the rendered prompt,
   ``completion_tokens`` the tokens generated (a matched stop sequence's tokens included).
-* ``n``: only 1. ``user``, ``logprobs`` and other unknown fields are ignored.
+* ``n``: only 1. Any other field is refused (400 naming it), except those of
+  :data:`~.schemas.IGNORED_FIELDS`, which cannot change the answer.
 """
 
 from __future__ import annotations
