@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import time
 import uuid
 
@@ -94,7 +95,7 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
     @app.before_request
     async def remember_start() -> None:
         g.started = time.perf_counter()
-        g.request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex[:16]
+        g.request_id = safe_request_id(request.headers.get("X-Request-ID", ""))
 
     @app.after_request
     async def finish(response):
@@ -111,6 +112,15 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
         return response
 
     return app
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+def safe_request_id(given: str) -> str:
+    """The client's ``X-Request-ID`` when it is 1-64 safe characters (letters, digits, ``._:-``), else a new one:
+    the value is echoed and logged, so escape bytes or fake log text never get through."""
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
 
 
 def served_registry(settings: Settings, *, embedded_swarm: bool = False):

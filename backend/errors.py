@@ -23,6 +23,7 @@ class ApiError(Exception):
     status = 400
     code = "invalid_request"  # OpenAI's error code
     legacy_code = "bad_request"  # the legacy APIs' ``code`` field
+    closes_session = False  # True: a socket's inference session is closed when this error ends a generation
 
     def __init__(self, message: str, *, param: str | None = None):
         super().__init__(message)
@@ -33,6 +34,13 @@ class ApiError(Exception):
 class BadRequest(ApiError):
     status = 400
     code = "invalid_request"
+
+
+class SamplingFailed(BadRequest):
+    """The request's sampling parameters made generation fail numerically (inf/nan probabilities): the
+    client's mistake, never a swarm failure. The session is closed (its state is unknown)."""
+
+    closes_session = True
 
 
 class Unauthorized(ApiError):
@@ -89,6 +97,7 @@ class SwarmError(ApiError):
     status = 503
     code = "swarm_error"
     legacy_code = "swarm_error"
+    closes_session = True  # over the socket: the session's state is unknown, it is closed
 
 
 class CacheFull(SwarmError):

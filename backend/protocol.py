@@ -21,6 +21,10 @@ from .errors import BadRequest
 
 # Upper bounds that stop absurd values early (the settings apply tighter limits).
 MAX_INT = 1 << 31
+# Sampling bounds: every value inside them samples without inf/nan (tests/test_client_mistakes.py runs the
+# extremes); below them, logits / temperature and logits / repetition_penalty overflow.
+MIN_TEMPERATURE = 1e-5
+MIN_REPETITION_PENALTY = 0.01
 
 
 class _Request(BaseModel):
@@ -40,10 +44,10 @@ class GenerationFields(_Request):
     max_new_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_INT)
     max_length: StrictInt | None = Field(default=None, ge=1, le=MAX_INT)
     do_sample: StrictBool | Literal[0, 1] = False
-    temperature: float | None = Field(default=None, gt=0, le=100, allow_inf_nan=False)
+    temperature: float | None = Field(default=None, ge=MIN_TEMPERATURE, le=100, allow_inf_nan=False)
     top_k: StrictInt | None = Field(default=None, ge=0, le=MAX_INT)
     top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
-    repetition_penalty: float | None = Field(default=None, gt=0, le=100, allow_inf_nan=False)
+    repetition_penalty: float | None = Field(default=None, ge=MIN_REPETITION_PENALTY, le=100, allow_inf_nan=False)
 
     @field_validator("temperature", "top_p", "repetition_penalty", mode="before")
     @classmethod

@@ -29,11 +29,12 @@ from ..errors import (
     CacheFull,
     LengthExceeded,
     NotReady,
+    SamplingFailed,
     SwarmError,
     UnknownModel,
 )
 from ..registry import ModelSpec
-from . import coalesced_head, petals_patches
+from . import coalesced_head, petals_patches, plain_text
 from .detokenizer import IncrementalDetokenizer
 from .device import resolve_device, resolve_dtype
 from .types import Chunk, ModelStatus, SamplingParams
@@ -41,6 +42,7 @@ from .types import Chunk, ModelStatus, SamplingParams
 logger = logging.getLogger(__name__)
 
 _DONE = object()
+_TOKEN_CACHE_SIZE = 8
 
 
 @dataclass
@@ -147,6 +149,7 @@ class PetalsEngine:
                                             thread_name_prefix="petals-generate")
         self._running = 0
         self._lock = threading.Lock()
+        self._token_cache: dict[tuple[str, int], tuple[str, list[int]]] = {}
         self._closed = False
         self.device = "cpu"
 
@@ -244,7 +247,21 @@ class PetalsEngine:
         return loaded
 
     def token_ids(self, model_key: str, text: str) -> list[int]:
-        return self._get(model_key).tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Token ids of ``text`` (no BOS); a :class:`Prompt`'s message content is tokenized as plain text.
+
+        The last few results are remembered (by the text object itself), so the count made while planning
+        and the ids a generation needs cost one tokenization.
+        """
+        key = (model_key, id(text))
+        cached = self._token_cache.get(key)
+        if cached is not None and cached[0] is text:
+            return cached[1]
+        ids = plain_text.encode(self._get(model_key).tokenizer, text)
+        with self._lock:
+            self._token_cache[key] = (text, ids)
+            while len(self._token_cache) > _TOKEN_CACHE_SIZE:
+                self._token_cache.pop(next(iter(self._token_cache)))
+        return ids
 
     def count_tokens(self, model_key: str, text: str) -> int:
         return len(self.token_ids(model_key, text))
@@ -253,8 +270,7 @@ class PetalsEngine:
         return self._get(model_key).tokenizer.decode(ids)
 
     def render_chat(self, model_key: str, messages: list[dict[str, str]]) -> str:
-        tok = self._get(model_key).tokenizer
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return plain_text.render_chat(self._get(model_key).tokenizer, messages)
 
     async def readiness(self) -> dict[str, Any]:
         """Per-model swarm details: servers and blocks covered (blocking DHT reads off the loop)."""
@@ -342,7 +358,8 @@ class PetalsEngine:
         if self._running >= self._max_generations:
             raise Busy("Server is busy: too many generations running, retry later")
         loaded = self._get(session.model_key)
-        input_ids = self.token_ids(session.model_key, inputs) if inputs else []
+        # a long input takes a while to tokenize: never on the event loop (the tokenizer releases the GIL)
+        input_ids = await asyncio.to_thread(self.token_ids, session.model_key, inputs) if inputs else []
         if not input_ids and session.length == 0:
             raise BadRequest("inputs are required for the first generation of a session")
         used = session.length + len(input_ids)
@@ -361,7 +378,7 @@ class PetalsEngine:
 
         def run() -> None:
             import torch
-            from transformers import StoppingCriteriaList
+            from transformers import LogitsProcessorList, StoppingCriteriaList
 
             try:
                 ids = torch.tensor([input_ids], dtype=torch.long) if input_ids else None
@@ -370,6 +387,7 @@ class PetalsEngine:
                 with torch.inference_mode():
                     loaded.model.generate(ids, session=session.inner, max_new_tokens=budget, streamer=streamer,
                                           stopping_criteria=StoppingCriteriaList([streamer]),
+                                          logits_processor=LogitsProcessorList([_float32_scores]),
                                           pad_token_id=loaded.eos_token_id, **params.generate_kwargs())
                 if streamer.finished is None:  # generate() stopped by itself (e.g. its own max_length)
                     tail = detok.flush()
@@ -399,6 +417,12 @@ class PetalsEngine:
         self._running -= 1
 
 
+def _float32_scores(input_ids, scores):
+    """A logits processor (it runs before temperature and top-p): sampling computes in float32, so a small
+    temperature cannot overflow half-precision logits into inf/nan."""
+    return scores.float()
+
+
 def _stop_dht(model: Any) -> None:
     """Stop a distributed model's routing and its DHT process (and p2pd)."""
     try:
@@ -409,13 +433,23 @@ def _stop_dht(model: Any) -> None:
         logger.debug("shutting down the DHT failed", exc_info=True)
 
 
+_OUT_OF_CACHE = re.compile(r"Could not allocate .*out of memory|AllocationFailed", re.IGNORECASE)
+_BAD_PROBABILITIES = "probability tensor contains either"
+
+
 def _translate(error: BaseException) -> Exception:
     """Turn a Petals/hivemind failure into a one-line client-facing error."""
     text = " ".join(str(error).split()) or type(error).__name__
     if MAX_LENGTH_EXCEEDED in text:
         return LengthExceeded(text)
-    if CACHE_FULL in text.lower() or "AllocationFailed" in text:
-        return CacheFull(f"The swarm is out of capacity: {CACHE_FULL} ({text})")
+    if CACHE_FULL in text.lower() or "AllocationFailed" in text or _OUT_OF_CACHE.search(text):
+        logger.info("generation refused: the swarm is out of attention cache: %s", text)
+        return CacheFull(f"The swarm is out of capacity: {CACHE_FULL}, retry later or ask for a smaller "
+                         "max_length")
+    if _BAD_PROBABILITIES in text:  # sampling parameters that make the probabilities inf/nan: the client's
+        logger.info("generation failed on the request's sampling parameters: %s", text)
+        return SamplingFailed("The sampling parameters (temperature, top_p, top_k, repetition_penalty) made the "
+                              "token probabilities invalid (inf or nan); use values closer to 1")
     if isinstance(error, (TimeoutError, asyncio.TimeoutError)):
         return SwarmError(f"The swarm did not answer in time: {text}")
     if type(error).__name__ in ("ControlFailure", "P2PDaemonError") or "failed to dial" in text:

@@ -95,3 +95,25 @@ class Engine(Protocol):
 
     def shutdown(self) -> None:
         """Close every session and stop the engine's network (the DHT); models loading stop too."""
+
+
+class Prompt(str):
+    """Prompt text that knows which of its spans are message content.
+
+    It is the text itself (a ``str``), so every layer that counts, logs or checks characters treats it as
+    text. Engines tokenize its content spans as plain text: ``<|im_start|>`` typed by a user stays the
+    characters ``<|im_start|>``, never the special token (no role injection). Markup spans (a chat
+    template's or the legacy format's) keep their special tokens. A plain ``str`` (the legacy APIs' raw
+    ``inputs``) is markup throughout: those APIs' inputs are the prompt itself.
+    """
+
+    parts: tuple[tuple[str, bool], ...]  # (text, is_content), concatenating to the prompt
+
+    def __new__(cls, parts: list[tuple[str, bool]] | tuple[tuple[str, bool], ...]) -> Prompt:
+        parts = tuple((text, bool(content)) for text, content in parts if text)
+        prompt = super().__new__(cls, "".join(text for text, _ in parts))
+        prompt.parts = parts
+        return prompt
+
+    def __reduce__(self):  # pickling (and copies) keep the parts
+        return (Prompt, (self.parts,))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import typing
 from typing import Any
 
@@ -10,6 +9,7 @@ from pydantic import BaseModel
 from quart import Request, current_app
 
 from ..errors import BadRequest, TooLarge
+from . import json_body
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -68,14 +68,8 @@ async def read_params(request: Request, model: type[BaseModel]) -> dict[str, Any
         raise TooLarge(f"request body is too large ({request.content_length} bytes, limit {max_bytes})")
     values: dict[str, Any] = coerce_strings(model, dict(request.args))
     if request.mimetype == "application/json":
-        try:
-            body = (await request.get_data(as_text=False)).decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadRequest("malformed JSON: the body is not UTF-8") from None
-        try:
-            data = json.loads(body) if body.strip() else {}
-        except ValueError as e:
-            raise BadRequest(f"malformed JSON: {e}") from None
+        body = await request.get_data(as_text=False)
+        data = json_body.decode(body, subject="body") if body.strip() else {}
         if not isinstance(data, dict):
             raise BadRequest("request body must be a JSON object")
         values.update(data)

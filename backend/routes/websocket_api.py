@@ -24,11 +24,11 @@ import logging
 from quart import Blueprint, websocket
 
 from .. import protocol
-from ..errors import ApiError, BadRequest, SwarmError
+from ..errors import ApiError, BadRequest
 from ..services.generation import Conversation, GenerateSpec
 from ..services.planning import StopRules
 from ..services.shutdown import SHUTDOWN, SHUTTING_DOWN
-from . import legacy_errors
+from . import json_body, legacy_errors
 from .common import client_address, is_own_origin, service, state
 
 logger = logging.getLogger(__name__)
@@ -53,10 +53,7 @@ class _Drop(Exception):
 def _decode(raw: str | bytes | None) -> dict:
     if not isinstance(raw, str):
         raise BadRequest("binary frames are not supported: send JSON text frames")
-    try:
-        data = json.loads(raw)
-    except ValueError as e:
-        raise BadRequest(f"malformed JSON: {e}") from None
+    data = json_body.decode(raw)
     if not isinstance(data, dict):
         raise BadRequest("request must be a JSON object")
     return data
@@ -166,7 +163,7 @@ class _Connection:
                 expected = "'generate'" if self.conversation else "'open_inference_session'"
                 raise BadRequest(f"unknown request type {_short(kind)}: expected {expected}")
         except ApiError as e:
-            if isinstance(e, SwarmError) and await self.close_conversation():  # its state is unknown now
+            if e.closes_session and await self.close_conversation():  # its state is unknown now
                 e.message += " (the inference session was closed; open a new one)"
             await self.send(legacy_errors.frame(e, debug=settings.debug))
         except (_Drop, asyncio.CancelledError):

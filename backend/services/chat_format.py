@@ -19,11 +19,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..engine.types import Prompt
 from ..registry import ChatSettings, ModelSpec
 
 
 class ChatRenderer(Protocol):
-    def render_chat(self, model_key: str, messages: list[dict[str, str]]) -> str: ...
+    def render_chat(self, model_key: str, messages: list[dict[str, str]]) -> str:
+        """The template's text; a :class:`Prompt` marks the message content (tokenized as plain text)."""
 
 
 @dataclass(frozen=True)
@@ -47,19 +49,24 @@ def completion_stop_sequences(chat: ChatSettings) -> tuple[str, ...]:
     return tuple(s for s in stops if s)
 
 
-def legacy_prompt(chat: ChatSettings, system: str, turns: Sequence[tuple[str, str]]) -> str:
-    """The original page's format; ``turns`` are (role, content) with role user or assistant."""
-    text, after_answer = system, False
+def legacy_prompt(chat: ChatSettings, system: str, turns: Sequence[tuple[str, str]]) -> Prompt:
+    """The original page's format; ``turns`` are (role, content) with role user or assistant.
+
+    Message content (the system line included) is marked as such: engines tokenize it as plain text.
+    """
+    parts: list[tuple[str, bool]] = [(system, True)]
+    after_answer = False
     for role, content in turns:
         if role == "user":
             # after an answer, the session already ends with the stop token, which separates turns
-            text += f"{'' if after_answer else chat.sep_token}Human: {content}"
+            parts += [(f"{'' if after_answer else chat.sep_token}Human: ", False), (content, True)]
             after_answer = False
         else:
             # the model writes its own leading space after "Assistant:": keep answers verbatim
-            text += f"{chat.sep_token}Assistant:{content}{chat.stop_token}"
+            parts += [(f"{chat.sep_token}Assistant:", False), (content, True), (chat.stop_token, False)]
             after_answer = True
-    return f"{text}{'' if after_answer else chat.sep_token}Assistant:"
+    parts.append((f"{'' if after_answer else chat.sep_token}Assistant:", False))
+    return Prompt(parts)
 
 
 def format_chat(engine: ChatRenderer, spec: ModelSpec, messages: Sequence[Mapping[str, str]]) -> ChatPrompt:
