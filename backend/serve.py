@@ -36,15 +36,22 @@ def embedded_model(settings: Settings):
 
 def start_embedded_swarm(settings: Settings, spec):
     from .engine.device import resolve_block_dtype, resolve_device
-    from .swarm.launcher import LocalSwarm
+    from .swarm.cache_size import auto_cache_tokens, server_flags
+    from .swarm.launcher import LocalSwarm, model_num_blocks
 
     device = resolve_device(settings.device)
+    dtype = resolve_block_dtype(settings.embedded_dtype, device)
+    cache_tokens = settings.embedded_cache_tokens or (
+        auto_cache_tokens(spec.repository, dtype, model_num_blocks(spec.repository)) if device == "cpu" else 0)
+    flags = server_flags(batching=settings.server_batching, max_batch=settings.server_max_batch,
+                         cache_tokens=cache_tokens)
     swarm = LocalSwarm(spec.repository, dht_prefix=spec.dht_prefix or spec.key,
-                       servers=settings.embedded_blocks_servers,
-                       torch_dtype=resolve_block_dtype(settings.embedded_dtype, device),
+                       servers=settings.embedded_blocks_servers, torch_dtype=dtype,
                        device=device, first_port=settings.embedded_port,
-                       log_file=settings.models_dir / "embedded-swarm.log")
-    print(f"Starting the embedded Petals swarm ({spec.key}, {device}, {swarm.torch_dtype}); "
+                       log_file=settings.models_dir / "embedded-swarm.log", extra_args=flags)
+    print(f"Starting the embedded Petals swarm ({spec.key}, {device}, {swarm.torch_dtype}, batching "
+          f"{'on' if settings.server_batching else 'off'}, attention cache "
+          f"{cache_tokens or 'Petals default'} tokens per block); "
           f"log: {swarm.log_file.name}", flush=True)
     peers = swarm.start()
     return swarm, peers

@@ -114,6 +114,13 @@ class Settings:
                                    choices=("auto", "float32", "bfloat16", "float16"))
     embedded_port: int = _setting(0, "TCP port of the embedded swarm's first server (0: pick a free one).",
                                   minimum=0, maximum=65535)
+    server_batching: bool = _setting(True, "Batch concurrent sessions' decode steps in the embedded swarm's servers "
+                                     "(one forward per block for all waiting sessions); 0 gives stock Petals.")
+    server_max_batch: int = _setting(64, "Most sessions' decode steps one forward of an embedded server runs.",
+                                     minimum=1)
+    embedded_cache_tokens: int = _setting(
+        0, "Attention cache of each embedded server, in tokens per block (0: a quarter of the memory available at "
+        "start, at least Petals' default).", minimum=0)
     debug: bool = _setting(False, "Send Python tracebacks to clients in errors (never in production).")
     log_level: str = _setting("info", "Log level: debug, info, warning or error.",
                               choices=("debug", "info", "warning", "error"))

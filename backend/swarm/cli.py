@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 
+from .cache_size import server_flags
 from .launcher import LocalSwarm, SwarmError, parse_blocks
 
 
@@ -48,8 +49,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1",
                         help="IPv4 address the servers listen on (0.0.0.0 or a LAN address lets other machines join).")
     parser.add_argument("--port", type=int, default=0, help="TCP port of the first server (0: any free port).")
+    parser.add_argument("--no-batching", action="store_true",
+                        help="Stock Petals: run each session's decode step alone (default: batch waiting sessions).")
+    parser.add_argument("--max-batch-sessions", type=int, default=64,
+                        help="Most sessions' decode steps run as one forward (default 64).")
+    parser.add_argument("--cache-tokens", type=int, default=0,
+                        help="Attention cache per server, in tokens per block (default: Petals' own, 16384 for "
+                             "grouped-query models).")
     parser.add_argument("--quiet", action="store_true", help="Do not echo the servers' logs.")
     args = parser.parse_args(argv)
+    if args.max_batch_sessions < 1 or args.cache_tokens < 0:
+        parser.error("--max-batch-sessions must be at least 1 and --cache-tokens at least 0")
     try:
         join = parse_peers(args.initial_peers)
     except ValueError as e:
@@ -60,7 +70,9 @@ def main(argv: list[str]) -> int:
     prefix = args.dht_prefix or Path(args.model).resolve().name
     swarm = LocalSwarm(args.model, dht_prefix=prefix, blocks=args.blocks, servers=args.servers,
                        torch_dtype=args.dtype, device=args.device, host=args.host, first_port=args.port,
-                       echo=not args.quiet, initial_peers=join)
+                       echo=not args.quiet, initial_peers=join,
+                       extra_args=server_flags(batching=not args.no_batching, max_batch=args.max_batch_sessions,
+                                               cache_tokens=args.cache_tokens))
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
