@@ -88,6 +88,9 @@ class Settings:
     max_new_tokens_limit: int = _setting(4096, "Largest max_new_tokens a request may ask for.", minimum=1)
     max_input_chars: int = _setting(1_000_000, "Largest 'inputs' text a request may send, in characters.", minimum=1)
     max_input_tokens: int = _setting(16384, "Largest 'inputs' a request may send, in tokens.", minimum=1)
+    max_list_items: int = _setting(
+        2048, "Longest JSON list a request may send (chat messages, stop sequences ...), and a sixteenth of the "
+        "JSON values it may hold in all; checked before any validation (more: 413).", minimum=16)
     max_session_seconds: float = _setting(
         3600.0, "Longest a WebSocket connection may stay open, in seconds (generating or not); then it is told "
         "why and closed.", minimum=1.0)

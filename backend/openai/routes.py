@@ -7,6 +7,7 @@ Every error is OpenAI's ``{"error": {"message", "type", "param", "code"}}``: rou
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pydantic import BaseModel
@@ -63,7 +64,8 @@ async def _generate(model: type[schemas.ChatCompletionRequest | schemas.Completi
     req = schemas.parse_request(model, await _json_body())
     serving = _serving()
     plan = serving.plan_chat if isinstance(req, schemas.ChatCompletionRequest) else serving.plan_completion
-    job = plan(req, own_origin=is_own_origin(request), request_id=g.request_id)
+    # templating and tokenizing a long prompt take a while: on a worker thread, the event loop serves others
+    job = await asyncio.to_thread(plan, req, own_origin=is_own_origin(request), request_id=g.request_id)
     if req.stream:
         return sse.response(await serving.open_stream(job, client_address(request)))
     result: BaseModel = await serving.complete(job, client_address(request))

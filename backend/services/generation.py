@@ -6,13 +6,14 @@ it depends on the :class:`backend.engine.types.Engine` interface only.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from ..engine.types import Chunk, Engine, EngineSession, SamplingParams
+from ..engine.types import Chunk, Engine, EngineSession, SamplingParams, TokenLogprob
 from ..errors import MAX_LENGTH_EXCEEDED, BadRequest, Forbidden, LengthExceeded, SwarmError, UnknownModel
 from ..registry import ModelSpec, Registry
 from .limits import SessionLimiter
@@ -20,6 +21,8 @@ from .metrics import Metrics
 from .planning import Budget, StopRules
 
 logger = logging.getLogger("backend.prompts")
+
+_CUT_SLACK = 8  # tokens a cut through a text may add or remove at the cut
 
 
 @dataclass(frozen=True)
@@ -30,13 +33,14 @@ class Round:
     stop: bool
     token_count: int
     finish_reason: str | None = None  # on the last round: "stop" or "length"
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token, when the sampling parameters ask for them
 
 
 @dataclass(frozen=True)
 class GenerateSpec:
     """A validated generation request, whatever API it came from."""
 
-    inputs: str | None = None
+    inputs: str | list[int] | None = None  # text, or token ids
     max_new_tokens: int | None = None
     max_length: int | None = None
     sampling: SamplingParams = SamplingParams()
@@ -71,10 +75,10 @@ class Conversation:
             self.service.limiter.release(self.client)
             self.service.metrics.sessions_open.dec()
 
-    def _plan(self, req: GenerateSpec) -> _Plan:
+    async def _plan(self, req: GenerateSpec) -> _Plan:
         """Check the request against the session's budget (:mod:`.planning`) and size its rounds."""
         req.stops.check(lambda text: self.service.engine.count_tokens(self.spec.key, text))
-        n_inputs = self.service.count_inputs(self.spec, req.inputs)
+        n_inputs = await self.service.count_inputs(self.spec, req.inputs)
         used = self.session.length + n_inputs
         remaining = self.session.max_length - used
         step = self.service.budget.step(req.max_new_tokens, req.max_length, used)
@@ -93,10 +97,10 @@ class Conversation:
     async def generate(self, req: GenerateSpec) -> AsyncIterator[Round]:
         """Run one generation request; yield its replies (one, or one per round)."""
         engine = self.service.engine
-        plan = self._plan(req)
+        plan = await self._plan(req)
         until_stop, round_tokens = plan.continues, plan.round_tokens
         metrics = self.service.metrics
-        pending, pending_tokens = "", 0
+        pending, pending_tokens, pending_logprobs = "", 0, ()
         started = last = time.perf_counter()
         first = True
         last_round: Round | None = None
@@ -120,19 +124,20 @@ class Conversation:
                 if log_prompts:
                     answer.append(chunk.text)
                 pending_tokens += chunk.tokens
+                pending_logprobs += chunk.logprobs
                 final = chunk.finish_reason is not None
                 rewind = final and req.stops.rewinds(chunk.matched_stop)
                 if until_stop and chunk.finish_reason == "length":
                     if pending:
-                        yield Round(pending, False, pending_tokens)
+                        yield Round(pending, False, pending_tokens, logprobs=pending_logprobs)
                     raise LengthExceeded(f"{MAX_LENGTH_EXCEEDED}: the session's max_length of "
                                          f"{self.session.max_length} tokens ran out before a stop sequence")
                 if final:
-                    last_round = Round(pending, True, pending_tokens, chunk.finish_reason)
+                    last_round = Round(pending, True, pending_tokens, chunk.finish_reason, pending_logprobs)
                     break
                 if round_tokens and pending_tokens >= round_tokens and not chunk.held:
-                    yield Round(pending, False, pending_tokens)
-                    pending, pending_tokens = "", 0
+                    yield Round(pending, False, pending_tokens, logprobs=pending_logprobs)
+                    pending, pending_tokens, pending_logprobs = "", 0, ()
         # The stream is closed: the worker's generate() has returned and stored the session's tokens.
         if log_prompts:
             logger.info("answer model=%s outputs=%r", self.spec.key, "".join(answer))
@@ -167,14 +172,33 @@ class GenerationService:
                              max_input_tokens=max_input_tokens)
         self.log_prompts = log_prompts
 
-    def count_inputs(self, spec: ModelSpec, inputs: str | None) -> int:
-        """Tokens in ``inputs``; a clear error when they are over the character or token limit."""
+    async def count_inputs(self, spec: ModelSpec, inputs: str | None) -> int:
+        """Tokens in ``inputs``; a clear error when they are over the character or token limit.
+
+        Tokenizing a long text takes a while (a second for a million CJK characters), so it runs on a worker
+        thread (the tokenizer releases the GIL: other requests go on), and a text whose beginning is already
+        over the token limit is refused without tokenizing the rest.
+        """
         if not inputs:
             return 0
+        if isinstance(inputs, list):  # token ids (the OpenAI API's token-id prompts)
+            self.budget.check_tokens(len(inputs), subject="inputs are", param="inputs")
+            return len(inputs)
         self.budget.check_chars(inputs, subject="inputs are", param="inputs")
-        n = self.engine.count_tokens(spec.key, inputs)
-        self.budget.check_tokens(n, subject="inputs are", param="inputs")
+        n, whole = await asyncio.to_thread(self._count_bounded, spec.key, inputs)
+        self.budget.check_tokens(n, subject="inputs are", param="inputs", at_least=not whole)
         return n
+
+    def _count_bounded(self, model_key: str, text: str) -> tuple[int, bool]:
+        """(tokens, True) for ``text``, or (tokens of a prefix, False) once a prefix is over the token limit."""
+        limit = self.budget.max_input_tokens
+        size = limit + 1  # a token is at least one character: shorter prefixes cannot be over the limit
+        while size < len(text):
+            n = self.engine.count_tokens(model_key, text[:size])
+            if n > limit + _CUT_SLACK:  # the cut may split a token or two; the rest only adds tokens
+                return n - _CUT_SLACK, False
+            size *= 4
+        return self.engine.count_tokens(model_key, text), True
 
     def resolve_model(self, name: str | None, *, own_origin: bool) -> ModelSpec:
         """Find the model for ``name`` (default when None) and apply the ``public_api`` rule."""
@@ -204,7 +228,7 @@ class GenerationService:
 
     async def generate_once(self, spec: ModelSpec, req: GenerateSpec, client: str) -> AsyncIterator[Round]:
         """A stateless generation (HTTP APIs): a session sized for the request, closed afterwards."""
-        n_inputs = self.count_inputs(spec, req.inputs)
+        n_inputs = await self.count_inputs(spec, req.inputs)
         total = self.budget.session_length(n_inputs, req.max_new_tokens, req.max_length, spec.chat.max_session_length)
         conversation = await self.open(spec, total, client)
         try:

@@ -58,9 +58,11 @@ class Budget:
         if len(text) > self.max_input_chars:
             raise TooLarge(f"{subject} too long ({len(text)} characters, limit {self.max_input_chars})", param=param)
 
-    def check_tokens(self, n: int, *, subject: str, param: str) -> None:
+    def check_tokens(self, n: int, *, subject: str, param: str, at_least: bool = False) -> None:
+        """``at_least``: ``n`` counts a prefix only (the text was refused before it was all tokenized)."""
         if n > self.max_input_tokens:
-            raise TooLarge(f"{subject} too long ({n} tokens, limit {self.max_input_tokens})", param=param)
+            count = f"more than {n}" if at_least else str(n)
+            raise TooLarge(f"{subject} too long ({count} tokens, limit {self.max_input_tokens})", param=param)
 
     def check_new_tokens(self, n: int, param: str = "max_new_tokens") -> None:
         if n > self.max_new_tokens_limit:
