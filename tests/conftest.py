@@ -55,10 +55,11 @@ def tiny_model(tmp_path_factory, embedded_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
-def swarm(tiny_model):
+def swarm(tiny_model, tmp_path_factory):
     from backend.swarm.launcher import LocalSwarm
 
-    swarm = LocalSwarm(tiny_model, dht_prefix="tiny-test", servers=1)
+    swarm = LocalSwarm(tiny_model, dht_prefix="tiny-test", servers=1,
+                       log_file=tmp_path_factory.mktemp("swarm") / "swarm.log")
     swarm.start()
     yield swarm
     swarm.stop(grace=3)
