@@ -80,6 +80,11 @@ class Settings:
                                        "('*' for any, as the original public API).")
     api_keys: list[str] = _setting([], "API keys, space- or comma-separated. When set, /v1/* and /api/v1/generate "
                                    "require 'Authorization: Bearer KEY' (the app's own page is exempt).")
+    allowed_hosts: list[str] = _setting(
+        [], "Host names the app's page is served under (e.g. chat.example.org), space- or comma-separated. Only a "
+        "request whose Origin is scheme://Host with one of these hosts counts as the page's own (no API key, "
+        "public_api=false models), so DNS rebinding cannot borrow it. Empty: loopback names and the listening "
+        "address.")
     log_prompts: bool = _setting(False, "Log prompt and answer text (off: request logs carry no user text).")
     max_sessions: int = _setting(128, "Maximum open inference sessions (socket and HTTP together).", minimum=1)
     max_sessions_per_client: int = _setting(16, "Maximum open inference sessions per client address.", minimum=1)

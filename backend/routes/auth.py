@@ -2,11 +2,11 @@
 
 With the ``api_keys`` setting empty, everything is open (as the original public
 API). Otherwise a request needs ``Authorization: Bearer KEY`` with one of the
-keys, compared in constant time. Requests whose ``Origin`` is the app's own
-origin are exempt, so the web page keeps working without a key. Browsers set
-``Origin`` themselves, so the exemption cannot be used from another site's page;
-a non-browser client can forge the header, so the keys keep other web pages
-away rather than a determined scripted client.
+keys, compared in constant time. Requests from the app's own page are exempt
+(:func:`.common.is_own_origin`: ``Origin`` is ``scheme://Host`` and ``Host`` a trusted name, never the pair
+alone, which DNS rebinding lets any page produce), so the web page keeps working without a key. A
+non-browser client can forge both headers, so the keys keep other web pages away rather than a determined
+scripted client.
 """
 
 from __future__ import annotations

@@ -51,9 +51,38 @@ def client_address(conn) -> str:
 
 
 def is_own_origin(conn) -> bool:
-    """True when the request comes from the app's own page (``Origin`` equals our origin)."""
+    """True when the request comes from the app's own page: ``Origin`` equals ``scheme://Host`` and ``Host`` is one
+    of the trusted host names (:func:`trusted_hosts`).
+
+    ``Origin`` and ``Host`` both come from the client: a page on any site can make a browser send a matching pair
+    by DNS rebinding (its own name pointed at this server), so the pair alone proves nothing. The host name must
+    be one the server was told about (``allowed_hosts``) or one a rebinding page cannot have (loopback names, the
+    address the server listens on).
+    """
     origin = conn.headers.get("Origin")
     if not origin:
         return False
     scheme = {"ws": "http", "wss": "https"}.get(conn.scheme, conn.scheme)
-    return origin.rstrip("/") == f"{scheme}://{conn.host}"
+    host = conn.host or ""
+    return origin.rstrip("/") == f"{scheme}://{host}" and host_name(host) in trusted_hosts(state().settings)
+
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def host_name(host: str) -> str:
+    """The name in a ``Host`` header, without the port and brackets, lower case (``[::1]:5000`` -> ``::1``)."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def trusted_hosts(settings: Settings) -> frozenset[str]:
+    """Host names whose page is the app's own: the ``allowed_hosts`` setting, else loopback names and the
+    address the server listens on (when it is a specific one)."""
+    if settings.allowed_hosts:
+        return frozenset(host_name(h) for h in settings.allowed_hosts)
+    listen = host_name(settings.host) if ":" not in settings.host else settings.host.strip("[]").lower()
+    wildcard = listen in ("0.0.0.0", "::", "")
+    return LOOPBACK_NAMES | (frozenset() if wildcard else {listen})
