@@ -74,9 +74,9 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
                              min_backoff=settings.model_retry_backoff, max_backoff=settings.model_retry_max_backoff,
                              progress=lambda msg: logger.info(msg))
         app_state.service = GenerationService(
-            engine, registry, SessionLimiter(settings.max_sessions, settings.max_sessions_per_client),
-            app_state.metrics, max_new_tokens_limit=settings.max_new_tokens_limit,
+            engine, registry, _limiter(settings), app_state.metrics, max_new_tokens_limit=settings.max_new_tokens_limit,
             max_input_chars=settings.max_input_chars, max_input_tokens=settings.max_input_tokens,
+            default_max_tokens=settings.default_max_tokens,
             log_prompts=settings.log_prompts, check_ready=loader.check)
         app_state.shutdown = ShutdownWatch(settings.graceful_timeout)
         app_state.shutdown.install()
@@ -143,6 +143,12 @@ def served_registry(settings: Settings, *, embedded_swarm: bool = False):
             raise SettingsError(f"invalid setting default_model: {settings.default_model!r} is not in the registry")
         registry = dataclasses.replace(registry, default=spec.key)
     return registry
+
+
+def _limiter(settings: Settings) -> SessionLimiter:
+    return SessionLimiter(settings.max_sessions, settings.max_sessions_per_client,
+                          max_tokens_per_client=settings.max_tokens_per_client,
+                          max_idle_per_client=settings.max_idle_sessions_per_client)
 
 
 def _client_config(settings: Settings) -> dict:

@@ -88,6 +88,18 @@ class Settings:
     log_prompts: bool = _setting(False, "Log prompt and answer text (off: request logs carry no user text).")
     max_sessions: int = _setting(128, "Maximum open inference sessions (socket and HTTP together).", minimum=1)
     max_sessions_per_client: int = _setting(16, "Maximum open inference sessions per client address.", minimum=1)
+    max_tokens_per_client: int = _setting(
+        12288, "Most tokens of max_length one client address may hold in open sessions together (the swarm "
+        "reserves attention cache for them): one address cannot take the whole cache.", minimum=1)
+    max_idle_sessions_per_client: int = _setting(
+        8, "Most sessions one client address may hold open without generating (before their first generation "
+        "or between two); more are refused with 429.", minimum=1)
+    unused_session_timeout: float = _setting(
+        60.0, "Seconds a WebSocket's inference session may stay open without its first generation; then the "
+        "connection is closed (idle_timeout) and its slot and cache freed.", minimum=0.1)
+    default_max_tokens: int = _setting(
+        1024, "New tokens an OpenAI request without max_tokens may generate (and reserves cache for), unless the "
+        "model's registry entry sets max_new_tokens.", minimum=1)
     max_concurrent_generations: int = _setting(
         64, "Generations running at once (threads that drive the Petals client).", minimum=1)
     max_new_tokens_limit: int = _setting(4096, "Largest max_new_tokens a request may ask for.", minimum=1)

@@ -10,7 +10,8 @@ requests are read by a pump into a small inbox (a client that sends more than
 ``max_queued_requests`` ahead while a generation runs is disconnected); a reply
 that a client does not read within ``send_timeout`` drops the connection; a
 connection is closed after ``step_timeout`` idle seconds and after
-``max_session_seconds`` in all. On shutdown, idle sockets are told at once and
+``max_session_seconds`` in all; a session that never generates is closed ``unused_session_timeout``
+seconds after it opened (it holds a slot and the swarm's cache). On shutdown, idle sockets are told at once and
 generating ones when their generation ends.
 """
 
@@ -78,6 +79,7 @@ class _Connection:
         self.generation_timeout: asyncio.Timeout | None = None
         loop = asyncio.get_running_loop()
         self.deadline = loop.time() + self.settings.max_session_seconds
+        self.unused_deadline = self.deadline  # set when a session opens: it must generate before then
 
     async def send(self, payload: dict) -> None:
         """Send one reply; a client that does not read it in time is dropped."""
@@ -133,9 +135,15 @@ class _Connection:
         settings = self.settings
         loop = asyncio.get_running_loop()
         left = self.deadline - loop.time()
+        unused = self.unused_deadline - loop.time() if self.conversation and not self.conversation.used else None
         try:
-            raw = await asyncio.wait_for(self.inbox.get(), timeout=max(0.0, min(settings.step_timeout, left)))
+            wait = min(settings.step_timeout, left, unused if unused is not None else left)
+            raw = await asyncio.wait_for(self.inbox.get(), timeout=max(0.0, wait))
         except TimeoutError:
+            if unused is not None and unused <= min(settings.step_timeout, left):
+                raise _Drop(f"Session closed: the inference session was not used within "
+                            f"{settings.unused_session_timeout:g} seconds of opening (it holds server capacity); "
+                            "open one when you need it", reason="idle_timeout") from None
             if left <= settings.step_timeout:
                 raise self._time_limit() from None
             raise _Drop(f"Session closed: no request for {settings.step_timeout:g} seconds",
@@ -185,6 +193,7 @@ class _Connection:
         spec = generation.resolve_model(req.model, own_origin=self.own_origin)
         await self.close_conversation()  # a new session replaces the old one
         self.conversation = await generation.open(spec, req.max_length, self.client)
+        self.unused_deadline = asyncio.get_running_loop().time() + self.settings.unused_session_timeout
         logger.info("ws session opened: model=%s max_length=%d", spec.key, req.max_length)
         await self.send(protocol.ok())
 

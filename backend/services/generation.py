@@ -58,12 +58,16 @@ class _Plan:
 class Conversation:
     """One open inference session (a socket's, or one HTTP request's)."""
 
-    def __init__(self, service: GenerationService, spec: ModelSpec, session: EngineSession, client: str):
+    def __init__(self, service: GenerationService, spec: ModelSpec, session: EngineSession, client: str,
+                 tokens: int = 0, *, idle: bool = True):
         self.service = service
         self.spec = spec
         self.session = session
         self.client = client
+        self.tokens = tokens  # the max_length reserved (the limiter counts it per client)
         self.closed = False
+        self.used = False  # a generation started at least once
+        self._active = not idle  # a generation runs now or is about to (the session is not idle)
 
     async def close(self) -> None:
         if self.closed:
@@ -72,8 +76,26 @@ class Conversation:
         try:
             await self.service.engine.close_session(self.session)
         finally:
-            self.service.limiter.release(self.client)
+            self.service.limiter.release(self.client, self.tokens, idle=not self._active)
             self.service.metrics.sessions_open.dec()
+
+    def _set_active(self, active: bool) -> None:
+        if self.closed or self._active == active:
+            return
+        self._active = active
+        self.service.limiter.generating(self.client, active)
+
+    async def generate(self, req: GenerateSpec) -> AsyncIterator[Round]:
+        """Run one generation request; yield its replies (one, or one per round). The session is not idle
+        meanwhile (:class:`~.limits.SessionLimiter`)."""
+        self.used = True
+        self._set_active(True)
+        try:
+            async with contextlib.aclosing(self._generate(req)) as rounds:
+                async for round_ in rounds:
+                    yield round_
+        finally:
+            self._set_active(False)
 
     async def _plan(self, req: GenerateSpec) -> _Plan:
         """Check the request against the session's budget (:mod:`.planning`) and size its rounds."""
@@ -94,8 +116,7 @@ class Conversation:
         return _Plan(budget=budget, round_tokens=req.round_tokens or (step if continues else None),
                      continues=continues)
 
-    async def generate(self, req: GenerateSpec) -> AsyncIterator[Round]:
-        """Run one generation request; yield its replies (one, or one per round)."""
+    async def _generate(self, req: GenerateSpec) -> AsyncIterator[Round]:
         engine = self.service.engine
         plan = await self._plan(req)
         until_stop, round_tokens = plan.continues, plan.round_tokens
@@ -161,7 +182,7 @@ async def _counting_swarm_errors(stream: AsyncIterator[Chunk], metrics: Metrics)
 class GenerationService:
     def __init__(self, engine: Engine, registry: Registry, limiter: SessionLimiter, metrics: Metrics, *,
                  max_new_tokens_limit: int = 4096, max_input_chars: int = 1_000_000,
-                 max_input_tokens: int = 16384, log_prompts: bool = False,
+                 max_input_tokens: int = 16384, default_max_tokens: int = 1024, log_prompts: bool = False,
                  check_ready: Callable[[str], None] | None = None):
         self.engine = engine
         self.check_ready = check_ready  # raises NotReady (loading, or failed and retrying) for a model key
@@ -169,7 +190,7 @@ class GenerationService:
         self.limiter = limiter
         self.metrics = metrics
         self.budget = Budget(max_new_tokens_limit=max_new_tokens_limit, max_input_chars=max_input_chars,
-                             max_input_tokens=max_input_tokens)
+                             max_input_tokens=max_input_tokens, default_max_tokens=default_max_tokens)
         self.log_prompts = log_prompts
 
     async def count_inputs(self, spec: ModelSpec, inputs: str | None) -> int:
@@ -212,25 +233,26 @@ class GenerationService:
             self.check_ready(spec.key)
         return spec
 
-    async def open(self, spec: ModelSpec, max_length: int, client: str) -> Conversation:
+    async def open(self, spec: ModelSpec, max_length: int, client: str, *, idle: bool = True) -> Conversation:
+        """Open a session; ``idle``: it waits for requests (a socket's), else it generates at once."""
         limit = spec.chat.max_session_length
         if max_length > limit:
             raise BadRequest(f"max_length {max_length} exceeds the model's max_session_length of {limit}",
                              param="max_length")
-        self.limiter.acquire(client)
+        self.limiter.acquire(client, max_length, idle=idle)
         try:
             session = await self.engine.open_session(spec.key, max_length)
         except BaseException:
-            self.limiter.release(client)
+            self.limiter.release(client, max_length, idle=idle)
             raise
         self.metrics.sessions_open.inc()
-        return Conversation(self, spec, session, client)
+        return Conversation(self, spec, session, client, max_length, idle=idle)
 
     async def generate_once(self, spec: ModelSpec, req: GenerateSpec, client: str) -> AsyncIterator[Round]:
         """A stateless generation (HTTP APIs): a session sized for the request, closed afterwards."""
         n_inputs = await self.count_inputs(spec, req.inputs)
         total = self.budget.session_length(n_inputs, req.max_new_tokens, req.max_length, spec.chat.max_session_length)
-        conversation = await self.open(spec, total, client)
+        conversation = await self.open(spec, total, client, idle=False)
         try:
             async for item in conversation.generate(req):
                 yield item

@@ -52,6 +52,7 @@ class Budget:
     max_new_tokens_limit: int = 4096
     max_input_chars: int = 1_000_000
     max_input_tokens: int = 16384
+    default_max_tokens: int = 1024  # new tokens of an OpenAI request without max_tokens (and no registry default)
 
     def check_chars(self, text: str, *, subject: str, param: str) -> None:
         """``subject``: how the message names the input ("inputs are", "the prompt is")."""
@@ -103,8 +104,8 @@ class Budget:
         if room < 1:
             raise TooLarge(f"the prompt is too long: {prompt_tokens} tokens, and the model's context is {context}",
                            param=prompt_param)
-        if requested is None:
-            return min(default or room, room, self.max_new_tokens_limit)
+        if requested is None:  # reserve what a typical answer needs, not the whole context
+            return min(default or self.default_max_tokens, room, self.max_new_tokens_limit)
         self.check_new_tokens(requested, param)
         if requested > room:
             raise LengthExceeded(f"{MAX_LENGTH_EXCEEDED}: the prompt's {prompt_tokens} tokens plus {param} "
