@@ -176,7 +176,11 @@ ERRORS = [
     ("completions", {"model": "tiny", "prompt": "x", "suffix": "y"}, 400, "suffix", "not supported"),
     ("completions", {"model": "tiny", "prompt": "x", "max_tokens": 10 ** 6}, 400, "max_tokens", "server's limit"),
     ("completions", {"model": "tiny", "prompt": "x", "max_tokens": 2048}, 400, "max_tokens", "Maximum length exceeded"),
-    ("completions", {"model": "tiny", "prompt": ["a", "b"]}, 400, "prompt", "only one prompt"),
+    ("completions", {"model": "tiny", "prompt": ["a", "b"], "stream": True}, 400, "prompt", "cannot be streamed"),
+    ("completions", {"model": "tiny", "prompt": [[]]}, 400, "prompt", "invalid 'prompt'"),
+    ("completions", {"model": "tiny", "prompt": "x", "logprobs": 21}, 400, "logprobs", "less than or equal to 20"),
+    ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}, 400, "request",
+     "requires logprobs"),
     ("completions", {"model": "tiny", "prompt": ""}, 400, "prompt", "must not be empty"),
     ("completions", {"model": "no-such-model", "prompt": "x"}, 404, "model", "Unknown model"),
     ("completions", {"model": "tiny-private", "prompt": "x"}, 403, "model", "do not provide public API"),
@@ -358,3 +362,70 @@ def test_every_unknown_field_is_refused_by_name_and_the_harmless_ones_are_accept
     for field, (status, error) in refused.items():
         assert status == 400 and error["param"] == field and f"'{field}' is not supported" in error["message"]
     assert accepted == 503  # not refused: the fake engine then fails like a swarm that went away
+
+
+# ---- logprobs, echo, token-id prompts -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ref_logprobs(tiny_model):
+    """log_softmax of plain transformers' logits at every position of ``ids``: the truth for logprobs."""
+    import torch
+    import transformers
+
+    model = transformers.LlamaForCausalLM.from_pretrained(tiny_model, torch_dtype=torch.float32).eval()
+
+    def at(ids: list[int]):
+        with torch.inference_mode():
+            return torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+
+    return at
+
+
+def test_chat_logprobs_are_the_models_and_stream_the_same(client, reference, ref_logprobs):
+    messages = [{"role": "user", "content": "Logprobs please"}]
+    prompt_ids = reference.encode(chat_prompt(reference, messages))
+    kwargs = {"model": "tiny", "messages": messages, "temperature": 0, "max_tokens": 5, "logprobs": True,
+              "top_logprobs": 3}
+    result = client.chat.completions.create(**kwargs)
+    content = result.choices[0].logprobs.content
+    ids = reference.greedy_ids(prompt_ids, 5, eos=False)[:len(content)]
+    truth = ref_logprobs(prompt_ids + ids)
+    assert "".join(c.token for c in content) == result.choices[0].message.content
+    for i, (entry, token_id) in enumerate(zip(content, ids, strict=True)):
+        row = truth[len(prompt_ids) - 1 + i]
+        assert entry.logprob == pytest.approx(float(row[token_id]), abs=1e-3)
+        assert len(entry.top_logprobs) == 3 and entry.top_logprobs[0].logprob == pytest.approx(float(row.max()),
+                                                                                                 abs=1e-3)
+        assert entry.bytes == list(entry.token.encode())
+    chunks, _ = stream_parts(client.chat.completions.create(stream=True, **kwargs))
+    streamed = [c for chunk in chunks if chunk.choices and chunk.choices[0].logprobs
+                for c in chunk.choices[0].logprobs.content]
+    assert [(c.token, round(c.logprob, 4)) for c in streamed] == [(c.token, round(c.logprob, 4)) for c in content]
+    plain = client.chat.completions.create(model="tiny", messages=messages, temperature=0, max_tokens=2)
+    assert plain.choices[0].logprobs is None
+
+
+def test_completion_echo_logprobs_of_token_id_prompts_as_lm_eval_asks(client, reference, ref_logprobs):
+    ids = reference.encode("The capital of France is Paris")
+    truth = ref_logprobs(ids)
+    for prompt in ([ids], ids):  # a batch of one token-id prompt, and the bare token ids
+        result = client.completions.create(model="tiny", prompt=prompt, max_tokens=1, temperature=0, logprobs=1,
+                                           echo=True, seed=1234)
+        logprobs = result.choices[0].logprobs
+        assert len(logprobs.token_logprobs) == len(ids) + 1 and logprobs.token_logprobs[0] is None
+        for i in range(1, len(ids)):
+            assert logprobs.token_logprobs[i] == pytest.approx(float(truth[i - 1, ids[i]]), abs=1e-3)
+            assert max(logprobs.top_logprobs[i].values()) == pytest.approx(float(truth[i - 1].max()), abs=1e-3)
+        assert result.choices[0].text.startswith(reference.decode(ids))
+        assert logprobs.text_offset[:2] == [0, len(logprobs.tokens[0])]
+    only_prompt = client.completions.create(model="tiny", prompt="Just the prompt", max_tokens=0, echo=True,
+                                            logprobs=0)
+    assert only_prompt.choices[0].text == "Just the prompt" and only_prompt.usage.completion_tokens == 0
+    assert "".join(only_prompt.choices[0].logprobs.tokens) == "Just the prompt"
+
+
+def test_a_batch_of_prompts_answers_one_choice_each(client, reference):
+    prompts = ["Once upon a time", "Count:"]
+    result = client.completions.create(model="tiny", prompt=prompts, max_tokens=4, temperature=0)
+    assert [c.index for c in result.choices] == [0, 1]
+    assert [c.text for c in result.choices] == [expected(reference, p, 4)[0] for p in prompts]

@@ -37,7 +37,7 @@ from ..registry import ModelSpec
 from . import coalesced_head, petals_patches, plain_text
 from .detokenizer import IncrementalDetokenizer
 from .device import resolve_device, resolve_dtype
-from .types import Chunk, ModelStatus, SamplingParams
+from .types import Chunk, ModelStatus, SamplingParams, TokenLogprob
 
 logger = logging.getLogger(__name__)
 
@@ -76,11 +76,42 @@ class PetalsSession:
         return [] if ids is None else ids[0, -n:].tolist()
 
 
+class _LogprobRecorder:
+    """A logits processor that keeps the log-probabilities of the step (after repetition_penalty, before
+    temperature, top-p and any grammar), so the streamer can report the chosen token's and the best ones."""
+
+    def __init__(self, tokenizer: Any, top_n: int):
+        self._tokenizer = tokenizer
+        self._top_n = top_n
+        self._last: Any = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        self._last = torch.log_softmax(scores[-1].float(), dim=-1)
+        return scores
+
+    def entry(self, token_id: int) -> TokenLogprob:
+        return logprob_entry(self._tokenizer, self._last, token_id, self._top_n)
+
+
+def logprob_entry(tokenizer: Any, logprobs: Any, token_id: int, top_n: int) -> TokenLogprob:
+    """``token_id``'s entry from one position's log-probabilities (a 1-D tensor)."""
+    top = ()
+    if top_n > 0:
+        values, ids = logprobs.topk(top_n)
+        top = tuple((tokenizer.decode([i]), float(v)) for v, i in zip(values.tolist(), ids.tolist(), strict=True))
+    return TokenLogprob(token_id=token_id, token=tokenizer.decode([token_id]), logprob=float(logprobs[token_id]),
+                        top=top)
+
+
 class _TokenStreamer:
     """transformers streamer + stopping criterion in one: runs on the worker thread."""
 
     def __init__(self, detok: IncrementalDetokenizer, emit: Callable[[Chunk], None], *, budget: int,
-                 stop_sequences: list[str], eos_token_id: int | None, cancel: threading.Event):
+                 stop_sequences: list[str], eos_token_id: int | None, cancel: threading.Event,
+                 logprobs: _LogprobRecorder | None = None):
+        self._logprobs = logprobs
         self._detok = detok
         self._emit = emit
         self._budget = budget
@@ -115,8 +146,9 @@ class _TokenStreamer:
         if reason is not None:
             text += self._detok.flush()
             self.finished = reason
+        logprobs = tuple(self._logprobs.entry(t) for t in token_ids) if self._logprobs else ()
         self._emit(Chunk(text=text, tokens=len(token_ids), held=self._detok.held_tokens > 0,
-                         finish_reason=reason, matched_stop=matched))
+                         finish_reason=reason, matched_stop=matched, logprobs=logprobs))
 
     def end(self) -> None:
         pass
@@ -263,6 +295,9 @@ class PetalsEngine:
                 self._token_cache.pop(next(iter(self._token_cache)))
         return ids
 
+    def vocab_size(self, model_key: str) -> int:
+        return len(self._get(model_key).tokenizer)
+
     def count_tokens(self, model_key: str, text: str) -> int:
         return len(self.token_ids(model_key, text))
 
@@ -271,6 +306,24 @@ class PetalsEngine:
 
     def render_chat(self, model_key: str, messages: list[dict[str, str]]) -> str:
         return plain_text.render_chat(self._get(model_key).tokenizer, messages)
+
+    async def prompt_logprobs(self, model_key: str, ids: list[int], top_n: int) -> list[TokenLogprob]:
+        """Each token's log-probability given the tokens before it (the first has none: it is left out), from one
+        forward pass over ``ids`` through the swarm, without an inference session."""
+        loaded = self._get(model_key)
+
+        def run() -> list[TokenLogprob]:
+            import torch
+
+            with torch.inference_mode():
+                logits = loaded.model(torch.tensor([ids], dtype=torch.long)).logits[0].float()
+                logprobs = torch.log_softmax(logits, dim=-1)
+                return [logprob_entry(loaded.tokenizer, logprobs[i - 1], ids[i], top_n) for i in range(1, len(ids))]
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        except Exception as e:
+            raise _translate(e) from None
 
     async def readiness(self) -> dict[str, Any]:
         """Per-model swarm details: servers and blocks covered (blocking DHT reads off the loop)."""
@@ -359,7 +412,10 @@ class PetalsEngine:
             raise Busy("Server is busy: too many generations running, retry later")
         loaded = self._get(session.model_key)
         # a long input takes a while to tokenize: never on the event loop (the tokenizer releases the GIL)
-        input_ids = await asyncio.to_thread(self.token_ids, session.model_key, inputs) if inputs else []
+        if isinstance(inputs, list):  # token ids (the OpenAI API's token-id prompts)
+            input_ids = inputs
+        else:
+            input_ids = await asyncio.to_thread(self.token_ids, session.model_key, inputs) if inputs else []
         if not input_ids and session.length == 0:
             raise BadRequest("inputs are required for the first generation of a session")
         used = session.length + len(input_ids)
@@ -372,9 +428,11 @@ class PetalsEngine:
         queue: asyncio.Queue = asyncio.Queue()
         session.cancel.clear()
         detok = IncrementalDetokenizer(lambda ids: loaded.tokenizer.decode(ids), session.context_ids())
+        recorder = None if params.logprobs is None else _LogprobRecorder(loaded.tokenizer, params.logprobs)
         streamer = _TokenStreamer(detok, lambda c: loop.call_soon_threadsafe(queue.put_nowait, c), budget=budget,
                                   stop_sequences=stop_sequences, eos_token_id=loaded.eos_token_id,
-                                  cancel=session.cancel)
+                                  cancel=session.cancel, logprobs=recorder)
+        processors = [_float32_scores, *([recorder] if recorder else []), *params.logits_processors]
 
         def run() -> None:
             import torch
@@ -387,7 +445,7 @@ class PetalsEngine:
                 with torch.inference_mode():
                     loaded.model.generate(ids, session=session.inner, max_new_tokens=budget, streamer=streamer,
                                           stopping_criteria=StoppingCriteriaList([streamer]),
-                                          logits_processor=LogitsProcessorList([_float32_scores]),
+                                          logits_processor=LogitsProcessorList(processors),
                                           pad_token_id=loaded.eos_token_id, **params.generate_kwargs())
                 if streamer.finished is None:  # generate() stopped by itself (e.g. its own max_length)
                     tail = detok.flush()

@@ -22,6 +22,9 @@ class SamplingParams:
     top_p: float | None = None
     repetition_penalty: float | None = None
     seed: int | None = None
+    logprobs: int | None = None  # record each token's log-probability and its `logprobs` best alternatives
+    # logits processors (transformers' interface) applied after the log-probabilities are read, e.g. a grammar
+    logits_processors: tuple[Any, ...] = field(default=(), compare=False)
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"do_sample": self.do_sample}
@@ -37,6 +40,16 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated (or prompt) token with its log-probability and the best alternatives at its position."""
+
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()  # (token, logprob), best first
+
+
+@dataclass(frozen=True)
 class Chunk:
     """Text produced by one or more tokens of a running generation."""
 
@@ -45,6 +58,7 @@ class Chunk:
     held: bool = False  # text is incomplete (a UTF-8 character not finished yet)
     finish_reason: str | None = None  # "stop" | "length" | "cancelled" on the last chunk
     matched_stop: str | None = None  # which stop sequence ended the text
+    logprobs: tuple[TokenLogprob, ...] = ()  # one per token, when SamplingParams.logprobs is set
 
 
 @dataclass
@@ -78,6 +92,9 @@ class Engine(Protocol):
 
     def count_tokens(self, model_key: str, text: str) -> int: ...
 
+    def vocab_size(self, model_key: str) -> int:
+        """Token ids are below this."""
+
     def token_ids(self, model_key: str, text: str) -> list[int]: ...
 
     def render_chat(self, model_key: str, messages: list[dict[str, str]]) -> str: ...
@@ -90,6 +107,9 @@ class Engine(Protocol):
                max_new_tokens: int, stop_sequences: list[str]) -> AsyncIterator[Chunk]: ...
 
     def replace_last_token(self, session: EngineSession, text: str) -> None: ...
+
+    async def prompt_logprobs(self, model_key: str, ids: list[int], top_n: int) -> list[TokenLogprob]:
+        """Log-probabilities of ``ids[1:]``, each given the tokens before it (one forward pass)."""
 
     async def readiness(self) -> dict[str, Any]: ...
 

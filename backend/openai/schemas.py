@@ -14,12 +14,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 from ..errors import ApiError, BadRequest
 from ..protocol import parse
 
 MAX_INT = 1 << 31
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI: 20 on chat, 5 on completions)
+MAX_BATCH = 64  # prompts in one /v1/completions request
 R = TypeVar("R", bound=BaseModel)
 Number = Annotated[float, Strict()]  # an int or a float; never a string or a bool
 Penalty = Annotated[Number, Field(ge=-2, le=2)]
@@ -112,25 +124,49 @@ class GenerationRequest(_Request):
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_INT)
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs requires logprobs: true")
+        return self
+
+    @property
+    def logprobs_top(self) -> int | None:
+        """Alternatives per token when log-probabilities are asked for, else None."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def token_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
-class CompletionRequest(GenerationRequest):
-    prompt: StrictStr | list[StrictStr] = Field(description="A string, or a list of one string.")
+TokenIds = Annotated[list[Annotated[StrictInt, Field(ge=0, le=MAX_INT)]], Field(min_length=1)]
 
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, list) and len(value) != 1:
-            raise ValueError("only one prompt per request is supported")
-        return value
+
+class CompletionRequest(GenerationRequest):
+    prompt: StrictStr | TokenIds | Annotated[list[StrictStr | TokenIds], Field(min_length=1, max_length=MAX_BATCH)] = (
+        Field(description="A string, token ids, or a batch (a list) of strings or token-id lists: one choice each."))
+    max_tokens: StrictInt | None = Field(default=None, ge=0, le=MAX_INT,
+                                         description="0 with echo: only the prompt's log-probabilities.")
+    logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_LOGPROBS,
+                                       description="Log-probabilities of each token and this many best alternatives.")
+    echo: StrictBool = Field(default=False, description="Prepend the prompt (and its log-probabilities).")
 
     @property
-    def prompt_text(self) -> str:
-        return self.prompt[0] if isinstance(self.prompt, list) else self.prompt
+    def prompts(self) -> list[str | list[int]]:
+        """The batch: each a string or token ids."""
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        if all(isinstance(item, int) for item in self.prompt):
+            return [list(self.prompt)]
+        return list(self.prompt)
+
+    @property
+    def logprobs_top(self) -> int | None:
+        return self.logprobs
 
     @property
     def token_limit(self) -> int | None:
@@ -153,11 +189,33 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class ChatTokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob]
+    refusal: None = None
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float | None]  # None for the prompt's first token (echo)
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletion(BaseModel):
@@ -178,7 +236,7 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
 
 
 class ChatCompletionChunk(BaseModel):
@@ -194,7 +252,7 @@ class TextChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: FinishReason
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -210,7 +268,7 @@ class TextChunkChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: FinishReason | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class CompletionChunk(BaseModel):

@@ -32,19 +32,21 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import BaseModel
 
-from ..engine.types import SamplingParams
+from ..engine.types import SamplingParams, TokenLogprob
 from ..errors import ApiError, BadRequest
 from ..registry import ModelSpec
 from ..routes import sse
 from ..services.chat_format import completion_stop_sequences, format_chat
 from ..services.generation import GenerateSpec, GenerationService, Round
 from ..services.planning import StopRules
+from . import logprobs as lp
 from . import schemas as s
+from .logprobs import LogprobAligner
 from .stops import StopCutter
 
 logger = logging.getLogger(__name__)
@@ -65,36 +67,51 @@ class Job:
     request_id: str
     id: str
     created: int
+    prompt: str | list[int] = ""  # the prompt as sent (text or token ids), for echo
+    logprobs: int | None = None  # alternatives per token when log-probabilities are asked for
+    echo: bool = False
+    index: int = 0  # the choice's index (a batch of prompts)
 
 
 class TextRun:
     """One generation as text pieces with stop sequences cut out; ``finish_reason`` once it ended."""
 
-    def __init__(self, rounds: AsyncIterator[Round], first: Round | None, stops: tuple[str, ...]):
+    def __init__(self, rounds: AsyncIterator[Round], first: Round | None, stops: tuple[str, ...], *,
+                 finish_reason: str | None = None):
         self._rounds = rounds
         self._next = first
         self._cutter = StopCutter(stops)
+        self._aligner = LogprobAligner()
         self.completion_tokens = 0
-        self.finish_reason: str | None = None
+        self.finish_reason: str | None = finish_reason
 
-    async def pieces(self) -> AsyncIterator[str]:
+    async def pieces(self) -> AsyncIterator[tuple[str, list[TokenLogprob]]]:
+        """(text, the log-probabilities of its tokens when asked for) as the text is safe to send."""
         round_ = self._next
         while round_ is not None and self.finish_reason is None:
             self.completion_tokens += round_.token_count
+            self._aligner.add(round_.outputs, round_.logprobs)
             text = self._cutter.feed(round_.outputs)
             if self._cutter.stopped:
                 self.finish_reason = "stop"
             elif round_.stop:
                 text += self._cutter.flush()
                 self.finish_reason = "length" if round_.finish_reason == "length" else "stop"
-            if text:
-                yield text
+            entries = self._aligner.release(text, final=self.finish_reason is not None,
+                                            stopped=self._cutter.stopped)
+            if text or entries:
+                yield text, entries
             round_ = None if self.finish_reason else await anext(self._rounds, None)
         self.finish_reason = self.finish_reason or "stop"
 
     async def close(self) -> None:
         """Stop the generation (if still running) and close its inference session."""
         await self._rounds.aclose()
+
+
+async def _no_rounds() -> AsyncIterator[Round]:
+    return
+    yield
 
 
 def sampling_params(req: s.GenerationRequest, defaults: Mapping[str, Any]) -> SamplingParams:
@@ -113,9 +130,10 @@ def sampling_params(req: s.GenerationRequest, defaults: Mapping[str, Any]) -> Sa
     if not do_sample:
         if req.temperature is not None:  # an explicit 0: plain greedy, only the request's own penalty
             penalty = number(req.repetition_penalty)
-        return SamplingParams(repetition_penalty=penalty, seed=req.seed)
+        return SamplingParams(repetition_penalty=penalty, seed=req.seed, logprobs=req.logprobs_top)
     return SamplingParams(do_sample=True, temperature=number(temperature), top_k=pick("top_k"),
-                          top_p=number(pick("top_p")), repetition_penalty=penalty, seed=req.seed)
+                          top_p=number(pick("top_p")), repetition_penalty=penalty, seed=req.seed,
+                          logprobs=req.logprobs_top)
 
 
 class OpenAIServing:
@@ -139,20 +157,32 @@ class OpenAIServing:
                           request_id=request_id, limit_param="max_completion_tokens"
                           if req.max_completion_tokens is not None else "max_tokens")
 
-    def plan_completion(self, req: s.CompletionRequest, *, own_origin: bool, request_id: str = "") -> Job:
+    def plan_completion(self, req: s.CompletionRequest, *, own_origin: bool, request_id: str = "") -> list[Job]:
+        """One job per prompt of the batch (one choice each), sharing the response's id."""
         spec = self.service.resolve_model(req.model, own_origin=own_origin)
-        if not req.prompt_text:
+        if any(not prompt for prompt in req.prompts):
             raise BadRequest("'prompt' must not be empty", param="prompt")
+        if req.stream and len(req.prompts) > 1:
+            raise BadRequest("a batch of prompts cannot be streamed; send one prompt per streamed request",
+                             param="prompt")
         stops = completion_stop_sequences(spec.chat) + req.stop_sequences()
-        return self._plan(req, spec, req.prompt_text, stops, chat=False, request_id=request_id,
-                          limit_param="max_tokens")
+        jobs = [self._plan(req, spec, prompt, stops, chat=False, request_id=request_id, limit_param="max_tokens")
+                for prompt in req.prompts]
+        return [replace(job, id=jobs[0].id, index=i, echo=req.echo) for i, job in enumerate(jobs)]
 
-    def _plan(self, req: s.ChatCompletionRequest | s.CompletionRequest, spec: ModelSpec, prompt: str,
+    def _plan(self, req: s.ChatCompletionRequest | s.CompletionRequest, spec: ModelSpec, prompt: str | list[int],
               stops: tuple[str, ...], *, chat: bool, request_id: str, limit_param: str) -> Job:
         prompt_param = "messages" if chat else "prompt"
         budget = self.service.budget
-        budget.check_chars(prompt, subject="the prompt is", param=prompt_param)
-        prompt_tokens = self.engine.count_tokens(spec.key, prompt)
+        if isinstance(prompt, list):
+            vocab = self.engine.vocab_size(spec.key)
+            if max(prompt) >= vocab:
+                raise BadRequest(f"token id {max(prompt)} in 'prompt' is not below the vocabulary size {vocab}",
+                                 param="prompt")
+            prompt_tokens = len(prompt)
+        else:
+            budget.check_chars(prompt, subject="the prompt is", param=prompt_param)
+            prompt_tokens = self.engine.count_tokens(spec.key, prompt)
         budget.check_tokens(prompt_tokens, subject="the prompt is", param=prompt_param)
         limit = budget.completion_tokens(req.token_limit, spec.chat.generation_params.get("max_new_tokens"),
                                          prompt_tokens=prompt_tokens, context=spec.chat.max_session_length,
@@ -161,11 +191,14 @@ class OpenAIServing:
                            sampling=sampling_params(req, spec.chat.generation_params))
         return Job(chat=chat, spec=spec, gen=gen, prompt_tokens=prompt_tokens, stops=stops,
                    include_usage=req.include_usage, request_id=request_id,
-                   id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, created=int(time.time()))
+                   id=("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, created=int(time.time()),
+                   prompt=prompt, logprobs=req.logprobs_top)
 
     # ------------------------------------------------------------------ running
     async def _start(self, job: Job, client: str) -> TextRun:
         """Start the generation and wait for its first token: errors up to here get an HTTP status."""
+        if job.gen.max_new_tokens == 0:  # echo with max_tokens 0: the prompt only
+            return TextRun(_no_rounds(), None, job.stops, finish_reason="length")
         rounds = self.service.generate_once(job.spec, job.gen, client)
         try:
             first = await anext(rounds, None)
@@ -174,31 +207,73 @@ class OpenAIServing:
             raise
         return TextRun(rounds, first, job.stops)
 
-    async def complete(self, job: Job, client: str) -> s.ChatCompletion | s.Completion:
+    async def _echo(self, job: Job) -> tuple[str, list[TokenLogprob | None], list[str]]:
+        """With ``echo``: the prompt's text, and when asked for its tokens' log-probabilities (a forward pass)."""
+        if not job.echo:
+            return "", [], []
+        ids = job.prompt if isinstance(job.prompt, list) else None
+        text = self.engine.decode(job.spec.key, ids) if ids is not None else job.prompt
+        if job.logprobs is None:
+            return text, [], []
+        ids = ids if ids is not None else self.engine.token_ids(job.spec.key, text)
+        entries = await self.engine.prompt_logprobs(job.spec.key, ids, job.logprobs)
+        return text, [None, *entries], [self.engine.decode(job.spec.key, ids[:1])]
+
+    async def _choice(self, job: Job, client: str) -> tuple[s.ChatChoice | s.TextChoice, int]:
+        echo, echo_entries, first_token = await self._echo(job)
         run = await self._start(job, client)
         try:
-            text = "".join([piece async for piece in run.pieces()])
+            pieces = [piece async for piece in run.pieces()]
         finally:
             await run.close()
         self._log_done(job, run)
-        usage = self._usage(job, run)
+        text = "".join(text for text, _ in pieces)
+        entries = [entry for _, part in pieces for entry in part]
         if job.chat:
-            return s.ChatCompletion(id=job.id, created=job.created, model=job.spec.key, usage=usage, choices=[
-                s.ChatChoice(message=s.AssistantMessage(content=text), finish_reason=run.finish_reason)])
-        return s.Completion(id=job.id, created=job.created, model=job.spec.key, usage=usage,
-                            choices=[s.TextChoice(text=text, finish_reason=run.finish_reason)])
+            logprobs = lp.chat(entries) if job.logprobs is not None else None
+            return s.ChatChoice(message=s.AssistantMessage(content=text), finish_reason=run.finish_reason,
+                                logprobs=logprobs), run.completion_tokens
+        logprobs = lp.completion([*echo_entries, *entries], tokens=first_token) if job.logprobs is not None else None
+        return s.TextChoice(index=job.index, text=echo + text, finish_reason=run.finish_reason,
+                            logprobs=logprobs), run.completion_tokens
 
-    async def open_stream(self, job: Job, client: str) -> AsyncIterator[str]:
+    async def complete(self, jobs: Job | list[Job], client: str) -> s.ChatCompletion | s.Completion:
+        """The answer to a request: one choice per job (a batch of prompts runs one after another)."""
+        jobs = jobs if isinstance(jobs, list) else [jobs]
+        choices, completion_tokens = [], 0
+        for job in jobs:
+            choice, n = await self._choice(job, client)
+            choices.append(choice)
+            completion_tokens += n
+        prompt_tokens = sum(job.prompt_tokens for job in jobs)
+        usage = s.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                        total_tokens=prompt_tokens + completion_tokens)
+        job = jobs[0]
+        response = s.ChatCompletion if job.chat else s.Completion
+        return response(id=job.id, created=job.created, model=job.spec.key, usage=usage, choices=choices)
+
+    async def open_stream(self, job: Job | list[Job], client: str) -> AsyncIterator[str]:
         """Server-Sent Events of chunks; ends with ``[DONE]``. Closing it stops the generation."""
+        job = job[0] if isinstance(job, list) else job  # (a streamed batch is refused while planning)
+        echo = await self._echo(job)
         run = await self._start(job, client)
-        return self._events(job, run)
+        return self._events(job, run, echo)
 
-    async def _events(self, job: Job, run: TextRun) -> AsyncIterator[str]:
+    async def _events(self, job: Job, run: TextRun, echo: tuple[str, list, list[str]]) -> AsyncIterator[str]:
+        offset = 0
         try:
             if job.chat:
                 yield self._chunk(job, s.ChatDelta(role="assistant", content=""))
-            async for piece in run.pieces():
-                yield self._chunk(job, s.ChatDelta(content=piece) if job.chat else piece)
+            elif echo[0]:
+                yield self._chunk(job, echo[0], logprobs=self._text_logprobs(job, echo[1], 0, echo[2]))
+                offset = len(echo[0])
+            async for piece, entries in run.pieces():
+                if job.chat:
+                    logprobs = lp.chat(entries) if job.logprobs is not None else None
+                    yield self._chunk(job, s.ChatDelta(content=piece) if piece else s.ChatDelta(), logprobs=logprobs)
+                else:
+                    yield self._chunk(job, piece, logprobs=self._text_logprobs(job, entries, offset))
+                    offset += len(piece)
             yield self._chunk(job, s.ChatDelta() if job.chat else "", finish_reason=run.finish_reason)
             if job.include_usage:
                 yield self._chunk(job, None, usage=self._usage(job, run))
@@ -216,19 +291,25 @@ class OpenAIServing:
 
     # ------------------------------------------------------------------ formatting
     @staticmethod
+    def _text_logprobs(job: Job, entries: list, offset: int, tokens: list[str] = ()) -> s.CompletionLogprobs | None:
+        return lp.completion(entries, offset, tokens) if job.logprobs is not None else None
+
+    @staticmethod
     def _usage(job: Job, run: TextRun) -> s.Usage:
         return s.Usage(prompt_tokens=job.prompt_tokens, completion_tokens=run.completion_tokens,
                        total_tokens=job.prompt_tokens + run.completion_tokens)
 
     @staticmethod
     def _chunk(job: Job, content: s.ChatDelta | str | None, *, finish_reason: str | None = None,
-               usage: s.Usage | None = None) -> str:
+               usage: s.Usage | None = None, logprobs: BaseModel | None = None) -> str:
         common = {"id": job.id, "created": job.created, "model": job.spec.key, "usage": usage}
         if job.chat:
-            choices = [] if content is None else [s.ChatChunkChoice(delta=content, finish_reason=finish_reason)]
+            choices = [] if content is None else [s.ChatChunkChoice(delta=content, finish_reason=finish_reason,
+                                                                    logprobs=logprobs)]
             chunk: BaseModel = s.ChatCompletionChunk(choices=choices, **common)
         else:
-            choices = [] if content is None else [s.TextChunkChoice(text=content, finish_reason=finish_reason)]
+            choices = [] if content is None else [s.TextChunkChoice(text=content, finish_reason=finish_reason,
+                                                                    logprobs=logprobs)]
             chunk = s.CompletionChunk(choices=choices, **common)
         return sse.event(chunk.model_dump(mode="json"))
 
