@@ -23,8 +23,10 @@
   hivemind's ``RemoteExpertWorker`` event loop. When the garbage collector happens
   to run on that loop's own thread, the loop waits on itself forever, and every
   generation of the process hangs from then on (seen under load, about one run
-  in four of ``tests/test_openapi_fuzz.py``). With the fix, a finalizer running on
-  that thread schedules the close on the loop instead of waiting for it.
+  in four of ``tests/test_openapi_fuzz.py``); when it runs on the main thread after
+  that loop stopped (Ctrl-C after a chat stream), ``python -m backend`` never exits.
+  With the fix, a finalizer never waits: it schedules the close on the loop (when
+  one still exists) and returns.
 """
 
 from __future__ import annotations
@@ -84,36 +86,37 @@ def apply() -> None:
 
 
 def _finalizers_never_block_the_worker_loop() -> None:
+    import contextlib
     import threading
 
     from hivemind.moe.client.remote_expert_worker import RemoteExpertWorker
     from petals.client.inference_session import InferenceSession, _ServerInferenceSession
 
-    def on_worker_loop() -> bool:
-        return threading.current_thread() is RemoteExpertWorker._event_thread
-
     def close_later(session: _ServerInferenceSession) -> None:
-        if session._outputs_stream is not None and not session.closed:
-            session.closed = True
-            RemoteExpertWorker._event_loop_fut.result().create_task(session._aclose_stream())
-
-    server_del = _ServerInferenceSession.__del__
-    session_del = InferenceSession.__del__
+        """Schedule the close on the worker loop; never wait for it (the loop may be gone, or be this thread)."""
+        if session._outputs_stream is None or session.closed:
+            return
+        session.closed = True
+        future = RemoteExpertWorker._event_loop_fut
+        if future is None or not future.done() or future.exception() is not None:
+            return  # no worker loop in this process: nothing to close on
+        loop = future.result()
+        if loop.is_closed():
+            return
+        if threading.current_thread() is RemoteExpertWorker._event_thread:
+            loop.create_task(session._aclose_stream())
+        else:
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                loop.call_soon_threadsafe(lambda: loop.create_task(session._aclose_stream()))
 
     def server_session_del(self) -> None:
-        if on_worker_loop():
-            close_later(self)
-        else:
-            server_del(self)
+        close_later(self)
 
     def inference_session_del(self) -> None:
-        if on_worker_loop():
-            if not self._closed:
-                self._closed = True
-                for server_session in self._server_sessions:
-                    close_later(server_session)
-        else:
-            session_del(self)
+        if not self._closed:
+            self._closed = True
+            for server_session in self._server_sessions:
+                close_later(server_session)
 
     _ServerInferenceSession.__del__ = server_session_del
     InferenceSession.__del__ = inference_session_del
