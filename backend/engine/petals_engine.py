@@ -34,7 +34,7 @@ from ..errors import (
     UnknownModel,
 )
 from ..registry import ModelSpec
-from . import coalesced_head, petals_patches, plain_text
+from . import coalesced_head, grammar, petals_patches, plain_text
 from .detokenizer import IncrementalDetokenizer
 from .device import resolve_device, resolve_dtype
 from .types import Chunk, ModelStatus, SamplingParams, TokenLogprob
@@ -439,6 +439,8 @@ class PetalsEngine:
             from transformers import LogitsProcessorList, StoppingCriteriaList
 
             try:
+                if params.grammar is not None:  # built here: a grammar takes milliseconds to compile
+                    processors.append(grammar.GrammarProcessor(loaded.tokenizer, params.grammar))
                 ids = torch.tensor([input_ids], dtype=torch.long) if input_ids else None
                 if params.seed is not None:
                     torch.manual_seed(params.seed)

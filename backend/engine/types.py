@@ -25,6 +25,7 @@ class SamplingParams:
     logprobs: int | None = None  # record each token's log-probability and its `logprobs` best alternatives
     # logits processors (transformers' interface) applied after the log-probabilities are read, e.g. a grammar
     logits_processors: tuple[Any, ...] = field(default=(), compare=False)
+    grammar: str | None = None  # constrained decoding: an llguidance grammar (backend.engine.grammar)
 
     def generate_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"do_sample": self.do_sample}

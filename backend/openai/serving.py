@@ -37,6 +37,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from ..engine.grammar import json_schema_grammar
 from ..engine.types import SamplingParams, TokenLogprob
 from ..errors import ApiError, BadRequest
 from ..registry import ModelSpec
@@ -109,6 +110,18 @@ class TextRun:
         await self._rounds.aclose()
 
 
+def response_grammar(response_format: s.ResponseFormat | None) -> str | None:
+    """The grammar ``response_format`` asks for (None: free text); a schema it cannot enforce is a 400."""
+    if response_format is None or response_format.type == "text":
+        return None
+    schema = response_format.json_schema.schema_ if response_format.json_schema else None
+    try:
+        return json_schema_grammar(schema)
+    except ValueError as e:
+        raise BadRequest(f"invalid 'response_format': the JSON schema cannot be enforced: {e}",
+                         param="response_format") from None
+
+
 async def _no_rounds() -> AsyncIterator[Round]:
     return
     yield
@@ -153,9 +166,13 @@ class OpenAIServing:
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in req.messages]
         prompt = format_chat(self.engine, spec, messages)
-        return self._plan(req, spec, prompt.text, prompt.stop_sequences + req.stop_sequences(), chat=True,
-                          request_id=request_id, limit_param="max_completion_tokens"
-                          if req.max_completion_tokens is not None else "max_tokens")
+        job = self._plan(req, spec, prompt.text, prompt.stop_sequences + req.stop_sequences(), chat=True,
+                         request_id=request_id, limit_param="max_completion_tokens"
+                         if req.max_completion_tokens is not None else "max_tokens")
+        constrained = response_grammar(req.response_format)
+        if constrained is None:
+            return job
+        return replace(job, gen=replace(job.gen, sampling=replace(job.gen.sampling, grammar=constrained)))
 
     def plan_completion(self, req: s.CompletionRequest, *, own_origin: bool, request_id: str = "") -> list[Job]:
         """One job per prompt of the batch (one choice each), sharing the response's id."""
