@@ -7,8 +7,9 @@ requests into batches"), so N sessions cost N forward passes per token. :func:`i
 
 - When the runtime asks for work, the pool takes the most urgent task as before. If it is a decode step (one new
   token per row, no deep prompts, no beam reordering) it also takes every other decode step already queued for
-  the same blocks and adapter, up to ``max_sessions``. Nothing waits for company: a lone session's step runs at
-  once, on Petals' own code path.
+  the same blocks and adapter, up to ``max_sessions``. A lone session never waits for company: its step runs at
+  once, on Petals' own code path. When the last groups were larger than what is queued now, the pool waits a
+  moment (at most ``max_wait_ms`` and half a forward) for the missing steps (``batching_pool.GatherWindow``).
 - A group of several steps runs as one forward per block (:mod:`backend.swarm.batched_llama`), each session
   keeping its own cache and prefix length. If the group fails (e.g. one session closed while queued), each step
   is rerun alone on Petals' path, so one session's error never fails its batch-mates.
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 
 SUPPORTED_PETALS = ("2.2.0.post1",)
 DEFAULT_MAX_SESSIONS = 64
+DEFAULT_MAX_WAIT_MS = 20.0
 
 logger = logging.getLogger("petals_chat.batching")
 
@@ -35,7 +37,7 @@ class UnsupportedPetals(RuntimeError):
     """The installed Petals is not a release this module was written and tested against."""
 
 
-def install(max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
+def install(max_sessions: int = DEFAULT_MAX_SESSIONS, max_wait_ms: float = DEFAULT_MAX_WAIT_MS) -> None:
     """Make every Petals server started later in this process batch concurrent sessions' decode steps."""
     import petals
     from petals.server import server as server_module
@@ -49,7 +51,7 @@ def install(max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
         if not _all_supported(backends):
             logger.info("Batched decoding: these blocks are not plain Llama blocks, using Petals' own path")
             return stock_merge(backends)
-        return merge_into_batching_pool(backends, max_sessions)
+        return merge_into_batching_pool(backends, max_sessions, max_wait_ms / 1000)
 
     server_module.merge_inference_pools_inplace = merge_inference_pools_inplace
 
@@ -67,24 +69,24 @@ def _all_supported(backends) -> bool:
     return all(supports(b) for b in backends.values())
 
 
-def merge_into_batching_pool(backends, max_sessions: int):
+def merge_into_batching_pool(backends, max_sessions: int, max_wait: float = 0.0):
     """Like Petals' ``merge_inference_pools_inplace``, with a :class:`BatchingTaskPool` as the shared pool."""
     from petals.server.backend import _MergedInferenceStep
 
     first_pool = next(iter(backends.values())).inference_pool
     pool = make_pool(_MergedInferenceStep(backends), backends, max_batch_size=first_pool.max_batch_size,
-                     device=first_pool.device, max_sessions=max_sessions)
+                     device=first_pool.device, max_sessions=max_sessions, max_wait=max_wait)
     for backend in backends.values():
         assert not backend.inference_pool.is_alive()
         backend.inference_pool = pool
     return pool
 
 
-def make_pool(stock_step, backends, *, max_batch_size: int, device, max_sessions: int):
+def make_pool(stock_step, backends, *, max_batch_size: int, device, max_sessions: int, max_wait: float):
     from .batching_pool import BatchedStep, BatchingTaskPool
 
     return BatchingTaskPool(BatchedStep(stock_step, backends), max_batch_size=max_batch_size, device=device,
-                            name="merged_inference", max_sessions=max_sessions)
+                            name="merged_inference", max_sessions=max_sessions, max_wait=max_wait)
 
 
 class BatchStats:

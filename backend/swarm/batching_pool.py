@@ -6,6 +6,8 @@ Imports Petals: only the server process imports this module, after the hivemind 
 from __future__ import annotations
 
 import logging
+import queue
+import time
 
 import torch
 from petals.server.task_pool import PrioritizedTaskPool, Task, _move_to_device_if_tensor
@@ -51,9 +53,11 @@ def decode_key(task: Task):
 class BatchingTaskPool(PrioritizedTaskPool):
     """Petals' prioritized pool, except that queued decode steps for the same blocks are handed out together."""
 
-    def __init__(self, process_func, *, max_sessions: int, **kwargs):
+    def __init__(self, process_func, *, max_sessions: int, max_wait: float = 0.0, **kwargs):
         super().__init__(process_func, **kwargs)
         self.max_sessions = max(1, max_sessions)
+        self.max_wait = max_wait
+        self.window = GatherWindow(max_wait)
 
     def load_batch_to_runtime(self, timeout=None, device=None):
         device = device if device is not None else self.device
@@ -62,6 +66,10 @@ class BatchingTaskPool(PrioritizedTaskPool):
         key = decode_key(first) if self.max_sessions > 1 else None
         if key is not None:
             tasks += drain(self._ordered_tasks, lambda t: decode_key(t) == key, self.max_sessions - 1)
+            self.window.forward_time = getattr(self.process_func, "forward_time", 0.0)
+            tasks += self.window.gather(self._ordered_tasks, lambda t: decode_key(t) == key,
+                                        min(self.max_sessions, self.window.expected) - len(tasks))
+            self.window.saw(len(tasks))
         for _ in tasks:
             self.batch_receiver.recv()  # one token was sent per submitted task
         if not self._ordered_tasks.empty():
@@ -95,6 +103,47 @@ class BatchingTaskPool(PrioritizedTaskPool):
             task.future.set_exception(exception)
 
 
+class GatherWindow:
+    """How long the pool may wait for the rest of a group it has seen before.
+
+    When the last groups had more sessions than are queued now, the missing steps are usually on their way (each
+    client needs a moment to turn a result into its next step), and running the early ones alone would cost a
+    whole forward each. So the pool waits for them, at most ``max_wait`` seconds and at most half of the last
+    batched forward's time. A lone session never waits: it is never behind its own expectation.
+    """
+
+    def __init__(self, max_wait: float):
+        self.max_wait = max_wait
+        self.recent: list[int] = [1, 1]
+        self.forward_time = 0.0
+
+    @property
+    def expected(self) -> int:
+        return max(self.recent)
+
+    def saw(self, sessions: int) -> None:
+        self.recent = [self.recent[-1], sessions]
+
+    def gather(self, ordered, accept, missing: int) -> list:
+        if missing <= 0 or self.max_wait <= 0:
+            return []
+        deadline = time.monotonic() + min(self.max_wait, self.forward_time / 2)
+        taken = []
+        while len(taken) < missing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                task = ordered.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if not accept(task):
+                ordered.put(task)
+                break
+            taken.append(task)
+        return taken
+
+
 class BatchedStep:
     """The pool's ``process_func``: Petals' merged step for one task, one forward per block for a group."""
 
@@ -102,6 +151,7 @@ class BatchedStep:
         self.stock_step = stock_step
         self.backends = backends
         self.stats = BatchStats()
+        self.forward_time = 0.0  # of the last batched forward, read by the pool's GatherWindow
 
     def __call__(self, *args):
         if len(args) == 1 and isinstance(args[0], Group):
@@ -109,8 +159,10 @@ class BatchedStep:
         return self.stock_step(*args)
 
     def run_group(self, group: Group) -> GroupResult:
+        started = time.monotonic()
         try:
             outputs = self.forward(group.args)
+            self.forward_time = time.monotonic() - started
             per_task = list(outputs.split([a[0].shape[0] for a in group.args]))
             per_task = [o.clone() for o in per_task]  # each future gets its own storage, not the whole batch's
             self.stats.record(len(group.tasks))

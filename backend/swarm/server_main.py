@@ -9,7 +9,9 @@ when its parent dies (no orphaned servers if the launcher is killed).
 Two flags of its own come before Petals' flags are parsed (see
 :mod:`backend.swarm.batching`): ``--max_batch_sessions N`` (default 64) caps how
 many sessions' decode steps run as one forward, and ``--no_batching`` gives
-stock Petals behaviour.
+stock Petals behaviour, and ``--max_batch_wait_ms`` (default 20) bounds how long
+the pool waits for the rest of a group it has seen before (never for a lone
+session).
 """
 
 from __future__ import annotations
@@ -33,11 +35,12 @@ def _die_with_parent() -> None:
 
 def parse_own_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Split this wrapper's flags from the Petals server's."""
-    from .batching import DEFAULT_MAX_SESSIONS
+    from .batching import DEFAULT_MAX_SESSIONS, DEFAULT_MAX_WAIT_MS
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--no_batching", action="store_true")
     parser.add_argument("--max_batch_sessions", type=int, default=DEFAULT_MAX_SESSIONS)
+    parser.add_argument("--max_batch_wait_ms", type=float, default=DEFAULT_MAX_WAIT_MS)
     own, rest = parser.parse_known_args(argv)
     if own.max_batch_sessions < 1:
         parser.error("--max_batch_sessions must be at least 1")
@@ -54,7 +57,7 @@ def main(argv: list[str]) -> None:
         from . import batching
 
         try:
-            batching.install(own.max_batch_sessions)
+            batching.install(own.max_batch_sessions, own.max_batch_wait_ms)
             argv = batching.server_args(argv)
             print(f"Batched decoding on: up to {own.max_batch_sessions} sessions per forward", flush=True)
         except batching.UnsupportedPetals as e:
