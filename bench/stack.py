@@ -108,6 +108,8 @@ def start_backend(tmp: Path, *, peers: list[str], registry: Path, client_dtype: 
            "PETALS_CHAT_INITIAL_PEERS": " ".join(peers), "PETALS_CHAT_MODELS": str(registry),
            "PETALS_CHAT_DTYPE": client_dtype, "PETALS_CHAT_DEVICE": "cpu",
            "PETALS_CHAT_MAX_SESSIONS": "1000", "PETALS_CHAT_MAX_SESSIONS_PER_CLIENT": "1000",
+           # every benchmark client comes from 127.0.0.1: lift the per-address fairness limits
+           "PETALS_CHAT_MAX_IDLE_SESSIONS_PER_CLIENT": "1000", "PETALS_CHAT_MAX_TOKENS_PER_CLIENT": "10000000",
            "PETALS_CHAT_MAX_CONCURRENT_GENERATIONS": "128",
            "PETALS_CHAT_STEP_TIMEOUT": "900", "PETALS_CHAT_LOG_LEVEL": "warning"}
     if threads:

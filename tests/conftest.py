@@ -202,6 +202,8 @@ def live_server(tmp_path_factory, swarm, test_registry):
         "PETALS_CHAT_FRONTEND_DIR": str(REPO / "frontend" / "dist"),
         "PETALS_CHAT_STEP_TIMEOUT": "20",
         "PETALS_CHAT_MAX_SESSIONS_PER_CLIENT": "64",
+        # every test client is 127.0.0.1; the per-address fairness limits have their own tests
+        "PETALS_CHAT_MAX_IDLE_SESSIONS_PER_CLIENT": "64", "PETALS_CHAT_MAX_TOKENS_PER_CLIENT": "1000000",
     })
     yield server
     stop_backend(server)
