@@ -29,6 +29,7 @@ from .services.generation import GenerationService
 from .services.limits import SessionLimiter
 from .services.metrics import Metrics
 from .services.model_loader import ModelLoader
+from .services.resumable import ResumableSessions
 from .services.shutdown import ShutdownWatch
 from .settings import Settings, SettingsError, env_name
 
@@ -80,6 +81,7 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
             log_prompts=settings.log_prompts, check_ready=loader.check)
         app_state.shutdown = ShutdownWatch(settings.graceful_timeout)
         app_state.shutdown.install()
+        app_state.resumable = ResumableSessions(settings.reattach_window)
         app_state.loader = loader
         loader.start()
 
@@ -87,6 +89,8 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
     async def stop_engine() -> None:
         if app_state.shutdown is not None:
             app_state.shutdown.close()
+        if app_state.resumable is not None:  # detached sessions: their generations end now
+            await app_state.resumable.close_all()
         if app_state.loader is not None:  # no retry may start once the engine is shut down
             await asyncio.to_thread(app_state.loader.stop)
         if app_state.engine is not None:

@@ -104,3 +104,11 @@ class CacheFull(SwarmError):
     """The swarm is out of capacity: no server has attention cache left (message contains CACHE_FULL)."""
 
     legacy_code = "cache_full"
+
+
+class SessionExpired(ApiError):
+    """A ``reattach`` with a resume token that is unknown or whose reattach window has passed."""
+
+    status = 404
+    code = "session_expired"
+    legacy_code = "session_expired"

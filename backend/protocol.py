@@ -1,7 +1,8 @@
 """Wire formats of the legacy APIs, defined once (pydantic).
 
 * WebSocket ``/api/v2/generate``: :class:`OpenSessionRequest`,
-  :class:`GenerateRequest`; replies built by :func:`ok`, :func:`delta` and
+  :class:`GenerateRequest`, :class:`ReattachRequest`, :class:`CancelRequest`;
+  replies built by :func:`ok`, :func:`delta` and
   :func:`error`.
 * HTTP ``/api/v1/generate``: :class:`HttpGenerateRequest` (the same generation
   fields plus ``model``), answered with :func:`http_result` or :func:`error`.
@@ -35,6 +36,21 @@ class OpenSessionRequest(_Request):
     type: Literal["open_inference_session"]
     model: StrictStr | None = None
     max_length: StrictInt = Field(ge=1, le=MAX_INT)
+    resumable: StrictBool = False  # an extension: the session outlives its socket (ReattachRequest)
+
+
+class ReattachRequest(_Request):
+    """Take over a resumable session whose socket went away (an extension)."""
+
+    type: Literal["reattach"]
+    resume_token: StrictStr = Field(min_length=1, max_length=100)
+
+
+class CancelRequest(_Request):
+    """Stop the running generation and close the session now (an extension; what closing the socket does for a
+    session that is not resumable)."""
+
+    type: Literal["cancel"]
 
 
 class GenerationFields(_Request):
@@ -97,12 +113,16 @@ def parse(model: type[R], data: Any) -> R:
 
 # ---- replies -----------------------------------------------------------------
 
-def ok() -> dict[str, Any]:
-    return {"ok": True}
+def ok(**extra: Any) -> dict[str, Any]:
+    return {"ok": True, **extra}
 
 
-def delta(outputs: str, *, stop: bool, token_count: int) -> dict[str, Any]:
-    return {"ok": True, "outputs": outputs, "stop": stop, "token_count": token_count}
+def delta(outputs: str, *, stop: bool, token_count: int, replay: bool = False) -> dict[str, Any]:
+    """One round's text; ``replay``: after a reattach, the whole generation so far (the client replaces its text)."""
+    reply = {"ok": True, "outputs": outputs, "stop": stop, "token_count": token_count}
+    if replay:
+        reply["replay"] = True
+    return reply
 
 
 def error(message: str, code: str) -> dict[str, Any]:

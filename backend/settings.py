@@ -97,6 +97,10 @@ class Settings:
     unused_session_timeout: float = _setting(
         60.0, "Seconds a WebSocket's inference session may stay open without its first generation; then the "
         "connection is closed (idle_timeout) and its slot and cache freed.", minimum=0.1)
+    reattach_window: float = _setting(
+        120.0, "Seconds a resumable WebSocket session (opened with resumable: true) is kept after its socket goes "
+        "away, its generation still running, so that a new socket can reattach with its resume_token (0: close "
+        "at once).", minimum=0.0)
     default_max_tokens: int = _setting(
         1024, "New tokens an OpenAI request without max_tokens may generate (and reserves cache for), unless the "
         "model's registry entry sets max_new_tokens.", minimum=1)

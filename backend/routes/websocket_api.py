@@ -13,6 +13,10 @@ connection is closed after ``step_timeout`` idle seconds and after
 ``max_session_seconds`` in all; a session that never generates is closed ``unused_session_timeout``
 seconds after it opened (it holds a slot and the swarm's cache). On shutdown, idle sockets are told at once and
 generating ones when their generation ends.
+
+A session opened with ``"resumable": true`` outlives its socket for ``reattach_window`` seconds
+(:mod:`backend.services.resumable`): its generations run in a task of their own, and a new socket takes
+it over with ``{"type": "reattach", "resume_token": ...}``; ``{"type": "cancel"}`` stops and closes it.
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 
 from quart import Blueprint, websocket
 
 from .. import protocol
-from ..errors import ApiError, BadRequest
-from ..services.generation import Conversation, GenerateSpec
+from ..errors import ApiError, BadRequest, SessionExpired
+from ..services.generation import Conversation, GenerateSpec, Round
 from ..services.planning import StopRules
+from ..services.resumable import Resumable
 from ..services.shutdown import SHUTDOWN, SHUTTING_DOWN
 from . import json_body, legacy_errors
 from .common import client_address, is_own_origin, service, state
@@ -60,6 +66,16 @@ def _decode(raw: str | bytes | None) -> dict:
     return data
 
 
+def _is_cancel(raw) -> bool:
+    """Whether a frame is a cancel request (read by the pump while a generation runs)."""
+    if not isinstance(raw, str) or len(raw) > 200 or "cancel" not in raw:
+        return False
+    with contextlib.suppress(Exception):
+        data = json.loads(raw)
+        return isinstance(data, dict) and data.get("type") == "cancel"
+    return False
+
+
 def _short(value, limit: int = 40) -> str:
     """``repr(value)``, cut to ``limit`` characters: errors never echo a client's long input back."""
     text = repr(value)
@@ -74,6 +90,8 @@ class _Connection:
         self.client = client_address(websocket)
         self.own_origin = is_own_origin(websocket)
         self.conversation: Conversation | None = None
+        self.resumable: Resumable | None = None  # self.conversation's holder, when it was opened resumable
+        self.cancelled = False  # a cancel request arrived while a generation ran
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.flood: _Drop | None = None  # set by the pump: why the connection must end now
         self.generation_timeout: asyncio.Timeout | None = None
@@ -103,6 +121,9 @@ class _Connection:
                                    "generation runs; closing the connection", 1008, reason="too_many_requests")
             else:
                 self.inbox.put_nowait(raw)
+                if self.generation_timeout is not None and _is_cancel(raw):
+                    self.cancelled = True
+                    self.generation_timeout.reschedule(asyncio.get_running_loop().time())
                 continue
             if self.generation_timeout is not None:  # stop the running generation now
                 self.generation_timeout.reschedule(asyncio.get_running_loop().time())
@@ -128,7 +149,9 @@ class _Connection:
             pump.cancel()
             if self.shutdown is not None:
                 self.shutdown.inboxes.discard(self.inbox)
-            if self.conversation is not None:
+            if self.resumable is not None and self.resumable.conversation is self.conversation:
+                self.app_state.resumable.detach(self.resumable, self)  # kept for a reattach
+            elif self.conversation is not None:
                 await self.conversation.close()
 
     async def next_request(self):
@@ -160,6 +183,8 @@ class _Connection:
 
     async def handle(self, raw) -> None:
         settings = self.settings
+        if self.resumable is not None and self.resumable.owner is not self:
+            raise _Drop("Session taken over by another connection (reattach)")
         try:
             request = _decode(raw)
             kind = request.get("type")
@@ -167,6 +192,11 @@ class _Connection:
                 await self.open(request)
             elif kind == "generate":
                 await self.generate(request)
+            elif kind == "reattach":
+                await self.reattach(request)
+            elif kind == "cancel":
+                protocol.parse(protocol.CancelRequest, request)
+                raise _Drop(None)
             else:
                 expected = "'generate'" if self.conversation else "'open_inference_session'"
                 raise BadRequest(f"unknown request type {_short(kind)}: expected {expected}")
@@ -184,7 +214,11 @@ class _Connection:
         if self.conversation is None:
             return False
         old, self.conversation = self.conversation, None
-        await old.close()
+        resumable, self.resumable = self.resumable, None
+        if resumable is None:
+            await old.close()
+        elif resumable.owner is self:  # else another connection has taken it over: not ours to close
+            await self.app_state.resumable.close(resumable)
         return True
 
     async def open(self, request: dict) -> None:
@@ -195,7 +229,31 @@ class _Connection:
         self.conversation = await generation.open(spec, req.max_length, self.client)
         self.unused_deadline = asyncio.get_running_loop().time() + self.settings.unused_session_timeout
         logger.info("ws session opened: model=%s max_length=%d", spec.key, req.max_length)
-        await self.send(protocol.ok())
+        if req.resumable and self.app_state.resumable is not None:
+            self.resumable = self.app_state.resumable.add(self.conversation, self, self.deadline)
+            await self.send(protocol.ok(resume_token=self.resumable.token))
+        else:
+            await self.send(protocol.ok())
+
+    async def reattach(self, request: dict) -> None:
+        """Take over a resumable session: the latest generation so far in one frame, then the rest as it comes."""
+        req = protocol.parse(protocol.ReattachRequest, request)
+        sessions = self.app_state.resumable
+        held = sessions.attach(req.resume_token, self) if sessions is not None else None
+        if held is None:
+            raise SessionExpired("Session expired: the resume_token is unknown or its reattach window has passed; "
+                                 "open a new session")
+        if held is not self.resumable:
+            await self.close_conversation()
+        self.conversation, self.resumable = held.conversation, held
+        self.deadline = held.deadline
+        logger.info("ws session reattached (generating: %s)", held.generating)
+        await self.send(protocol.ok(resume_token=held.token, generating=held.generating))
+        replay, seen = held.replay(), len(held.rounds)
+        if replay is not None:
+            await self.send(protocol.delta(replay.outputs, stop=replay.stop, token_count=replay.token_count,
+                                           replay=True))
+            await self.forward(held.follow(seen))
 
     async def generate(self, request: dict) -> None:
         if self.conversation is None:
@@ -205,6 +263,14 @@ class _Connection:
                           until_stop=True)
         spec = GenerateSpec(inputs=req.inputs, max_new_tokens=req.max_new_tokens, max_length=req.max_length,
                             sampling=req.sampling(), stops=stops)
+        rounds = self.conversation.generate(spec)
+        if self.resumable is not None:
+            self.resumable.start(rounds)  # runs on when this socket goes away
+            rounds = self.resumable.follow()
+        await self.forward(rounds)
+
+    async def forward(self, rounds: AsyncIterator[Round]) -> None:
+        """Send a generation's rounds, within the connection's time limit (and the shutdown's)."""
         deadline = self.deadline
         shutdown = self.shutdown
         if shutdown is not None and shutdown.deadline is not None:
@@ -215,7 +281,9 @@ class _Connection:
                 if shutdown is not None:
                     shutdown.timeouts.add(timeout)
                 try:
-                    async for round_ in self.conversation.generate(spec):
+                    async for round_ in rounds:
+                        if self.resumable is not None and self.resumable.owner is not self:
+                            raise _Drop("Session taken over by another connection (reattach)")
                         await self.send(protocol.delta(round_.outputs, stop=round_.stop,
                                                        token_count=round_.token_count))
                 finally:
@@ -223,6 +291,8 @@ class _Connection:
                     if shutdown is not None:
                         shutdown.timeouts.discard(timeout)
         except TimeoutError:
+            if self.cancelled:
+                raise _Drop(None) from None
             if self.flood is not None:
                 raise self.flood from None
             if shutdown is not None and shutdown.started.is_set():

@@ -1,0 +1,210 @@
+"""Resumable WebSocket sessions: a generation outlives its socket and a new socket reattaches to it.
+
+In-process (Quart's test client) on the shared fake engine, with a stream that yields ten tokens slowly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from conftest import write_registry
+from fake_engine import FakeEngine, in_process_app
+
+from backend.engine.types import Chunk
+
+pytestmark = pytest.mark.timeout(60)
+
+TOKENS = [f"t{i} " for i in range(10)]
+ANSWER = "".join(TOKENS) + "###"
+
+
+class SlowEngine(FakeEngine):
+    """Streams TOKENS then the stop sequence '###', one token every ``pause`` seconds; counts what it streamed."""
+
+    def __init__(self, pause: float = 0.05, **kwargs):
+        super().__init__(**kwargs)
+        self.pause = pause
+        self.streamed = 0
+        self.cancelled = 0
+
+    async def stream(self, session, inputs, params, *, max_new_tokens, stop_sequences):
+        try:
+            for text in TOKENS:
+                await asyncio.sleep(self.pause)
+                self.streamed += 1
+                yield Chunk(text=text, tokens=1)
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled += 1
+            raise
+        yield Chunk(text="###", tokens=1, finish_reason="stop", matched_stop="###")
+
+
+@pytest.fixture
+def registry(tmp_path):
+    return write_registry(tmp_path, tmp_path / "no-weights")
+
+
+def _run(app, scenario):
+    async def main():
+        async with app.test_app() as test_app:
+            return await scenario(test_app.test_client())
+
+    return asyncio.run(main())
+
+
+OPEN = {"type": "open_inference_session", "model": "tiny", "max_length": 256, "resumable": True}
+GENERATE = {"type": "generate", "inputs": "hi", "max_new_tokens": 1, "stop_sequence": "###"}
+
+
+async def _recv(ws) -> dict:
+    return json.loads(await asyncio.wait_for(ws.receive(), 5))
+
+
+async def _until_stop(ws) -> list[dict]:
+    frames = []
+    while True:
+        frames.append(await _recv(ws))
+        if frames[-1].get("stop") or not frames[-1]["ok"]:
+            return frames
+
+
+def test_open_without_resumable_is_unchanged(registry):
+    app = in_process_app(SlowEngine(pause=0), registry)
+
+    async def scenario(client):
+        async with client.websocket("/api/v2/generate") as ws:
+            await ws.send(json.dumps({**OPEN, "resumable": False}))
+            ack = await _recv(ws)
+            await ws.send(json.dumps(GENERATE))
+            return ack, await _until_stop(ws)
+
+    ack, frames = _run(app, scenario)
+    assert ack == {"ok": True}
+    assert "".join(f["outputs"] for f in frames) == ANSWER
+    assert all(set(f) == {"ok", "outputs", "stop", "token_count"} for f in frames)
+
+
+def test_reattach_mid_answer_replays_what_was_missed_and_goes_on(registry):
+    engine = SlowEngine()
+    app = in_process_app(engine, registry)
+
+    async def scenario(client):
+        async with client.websocket("/api/v2/generate") as ws:
+            await ws.send(json.dumps(OPEN))
+            ack = await _recv(ws)
+            await ws.send(json.dumps(GENERATE))
+            first = [await _recv(ws) for _ in range(3)]
+        # the socket is gone: the generation goes on
+        await asyncio.sleep(0.2)
+        assert engine.cancelled == 0
+        async with client.websocket("/api/v2/generate") as ws:
+            await ws.send(json.dumps({"type": "reattach", "resume_token": ack["resume_token"]}))
+            reattached = await _recv(ws)
+            rest = await _until_stop(ws)
+            # the session goes on: a next turn on the same socket
+            await ws.send(json.dumps({**GENERATE, "inputs": "again"}))
+            again = await _until_stop(ws)
+        return ack, first, reattached, rest, again
+
+    ack, first, reattached, rest, again = _run(app, scenario)
+    assert ack["ok"] and len(ack["resume_token"]) > 20
+    assert "".join(f["outputs"] for f in first) == "".join(TOKENS[:3])
+    assert reattached == {"ok": True, "resume_token": ack["resume_token"], "generating": True}
+    assert rest[0]["replay"] is True and rest[0]["outputs"].startswith("".join(TOKENS[:4]))
+    assert rest[0]["token_count"] == rest[0]["outputs"].count(" ")
+    assert rest[0]["outputs"] + "".join(f["outputs"] for f in rest[1:]) == ANSWER
+    assert sum(f["token_count"] for f in rest) == 11
+    assert "".join(f["outputs"] for f in again) == ANSWER
+    assert engine.cancelled == 0 and engine.open_sessions == 0  # closed when the app stopped
+
+
+def test_reattach_after_the_answer_finished_gets_it_whole(registry):
+    engine = SlowEngine(pause=0.01)
+    app = in_process_app(engine, registry)
+
+    async def scenario(client):
+        async with client.websocket("/api/v2/generate") as ws:
+            await ws.send(json.dumps(OPEN))
+            token = (await _recv(ws))["resume_token"]
+            await ws.send(json.dumps(GENERATE))
+            await _recv(ws)
+        await asyncio.sleep(0.3)  # the generation ends while no socket is there
+        async with client.websocket("/api/v2/generate") as ws:
+            await ws.send(json.dumps({"type": "reattach", "resume_token": token}))
+            return await _recv(ws), await _recv(ws)
+
+    ack, replay = _run(app, scenario)
+    assert ack["generating"] is False
+    assert replay == {"ok": True, "outputs": ANSWER, "stop": True, "token_count": 11, "replay": True}
+
+
+def test_an_unknown_or_expired_token_is_an_error_and_the_session_is_closed(registry):
+    engine = SlowEngine(pause=0.02)
+    app = in_process_app(engine, registry, reattach_window=0.1)
+
+    async def scenario(client):
+        async with client.websocket("/api/v2/generate") as ws:
+            await ws.send(json.dumps({"type": "reattach", "resume_token": "nope"}))
+            unknown = await _recv(ws)
+            await ws.send(json.dumps(OPEN))
+            token = (await _recv(ws))["resume_token"]
+            await ws.send(json.dumps(GENERATE))
+            await _recv(ws)
+        await asyncio.sleep(0.4)  # past the window: the generation is cancelled, the session closed
+        open_after = engine.open_sessions
+        async with client.websocket("/api/v2/generate") as ws:
+            await ws.send(json.dumps({"type": "reattach", "resume_token": token}))
+            expired = await _recv(ws)
+        return unknown, expired, open_after
+
+    unknown, expired, open_after = _run(app, scenario)
+    for reply in (unknown, expired):
+        assert reply["ok"] is False and reply["code"] == "session_expired"
+        assert "Session expired" in reply["traceback"]
+    assert open_after == 0 and engine.cancelled == 1 and engine.streamed < len(TOKENS)
+
+
+def test_cancel_stops_the_generation_and_closes_the_session(registry):
+    engine = SlowEngine()
+    app = in_process_app(engine, registry)
+
+    async def scenario(client):
+        async with client.websocket("/api/v2/generate") as ws:
+            await ws.send(json.dumps(OPEN))
+            token = (await _recv(ws))["resume_token"]
+            await ws.send(json.dumps(GENERATE))
+            await _recv(ws)
+            await ws.send(json.dumps({"type": "cancel"}))
+            await asyncio.sleep(0.2)
+        sessions = engine.open_sessions
+        async with client.websocket("/api/v2/generate") as ws:
+            await ws.send(json.dumps({"type": "reattach", "resume_token": token}))
+            return sessions, await _recv(ws)
+
+    sessions, reply = _run(app, scenario)
+    assert sessions == 0 and engine.cancelled == 1
+    assert reply["code"] == "session_expired"
+
+
+def test_a_second_socket_takes_the_session_over(registry):
+    engine = SlowEngine()
+    app = in_process_app(engine, registry)
+
+    async def scenario(client):
+        async with client.websocket("/api/v2/generate") as old:
+            await old.send(json.dumps(OPEN))
+            token = (await _recv(old))["resume_token"]
+            await old.send(json.dumps(GENERATE))
+            await _recv(old)
+            async with client.websocket("/api/v2/generate") as new:  # the old socket is not gone yet
+                await new.send(json.dumps({"type": "reattach", "resume_token": token}))
+                await _recv(new)
+                frames = await _until_stop(new)
+            return frames
+
+    frames = _run(app, scenario)
+    assert frames[0]["replay"] is True
+    assert frames[0]["outputs"] + "".join(f["outputs"] for f in frames[1:]) == ANSWER
+    assert engine.cancelled == 0
