@@ -111,7 +111,7 @@ def test_reattach_mid_answer_replays_what_was_missed_and_goes_on(registry):
     ack, first, reattached, rest, again = _run(app, scenario)
     assert ack["ok"] and len(ack["resume_token"]) > 20
     assert "".join(f["outputs"] for f in first) == "".join(TOKENS[:3])
-    assert reattached == {"ok": True, "resume_token": ack["resume_token"], "generating": True}
+    assert reattached == {"ok": True, "resume_token": ack["resume_token"], "generating": True, "generations": 1}
     assert rest[0]["replay"] is True and rest[0]["outputs"].startswith("".join(TOKENS[:4]))
     assert rest[0]["token_count"] == rest[0]["outputs"].count(" ")
     assert rest[0]["outputs"] + "".join(f["outputs"] for f in rest[1:]) == ANSWER

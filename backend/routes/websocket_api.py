@@ -248,7 +248,8 @@ class _Connection:
         self.conversation, self.resumable = held.conversation, held
         self.deadline = held.deadline
         logger.info("ws session reattached (generating: %s)", held.generating)
-        await self.send(protocol.ok(resume_token=held.token, generating=held.generating))
+        await self.send(protocol.ok(resume_token=held.token, generating=held.generating,
+                                    generations=held.generations))
         replay, seen = held.replay(), len(held.rounds)
         if replay is not None:
             await self.send(protocol.delta(replay.outputs, stop=replay.stop, token_count=replay.token_count,

@@ -31,6 +31,7 @@ class Resumable:
         self.rounds: list[Round] = []  # the latest generation's rounds so far
         self.error: BaseException | None = None  # what ended the latest generation, if not its last round
         self.finished = True
+        self.generations = 0  # generate requests started in this session (a reattach tells the client)
         self.owner: object | None = None  # the connection forwarding the rounds now (None: detached)
         self._task: asyncio.Task | None = None
         self._changed = asyncio.Event()
@@ -43,6 +44,7 @@ class Resumable:
     def start(self, rounds: AsyncIterator[Round]) -> None:
         """Run one generation in the background, recording its rounds."""
         self.rounds, self.error, self.finished = [], None, False
+        self.generations += 1
         self._task = asyncio.ensure_future(self._record(rounds))
 
     async def _record(self, rounds: AsyncIterator[Round]) -> None:

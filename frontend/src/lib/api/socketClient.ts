@@ -6,6 +6,11 @@
  * rendered prompt. When the prompt no longer extends that text (an edited or regenerated
  * message, another model) or the socket is gone, it opens a new session and sends everything.
  *
+ * With `resumable`, sessions outlive their socket on the server for a while: when the socket drops
+ * mid-answer, the client reconnects (with backoff) and reattaches with the session's resume token;
+ * the server replays the answer so far and goes on. The resume point is also given to the caller
+ * (a `resumable` event), so that a reloaded page can reattach (`TurnRequest.resume`).
+ *
  * Plain TypeScript: no Svelte, no DOM globals (the socket factory is injected).
  */
 import type { SamplingParams } from '../types/protocol';
@@ -15,10 +20,26 @@ import { StopSequenceFilter } from './stopSequences';
 
 export const INITIAL_MAX_LENGTH = 512;
 export const GROWTH_FACTOR = 4;
-/** Silent retries when the connection fails within one turn. */
+/** Silent retries when the connection fails within one turn (sessions that are not resumable). */
 const MAX_CONNECTION_RETRIES = 1;
+/** Reattaches within one turn before the client gives up on the server's session and resends. */
+const MAX_REATTACHES = 5;
+/** Waits between reconnection attempts of a reattach (ms): about 90 s in all, within the server's window. */
+export const RECONNECT_DELAYS = [500, 1000, 2000, 4000, 8000, 15000, 15000, 15000, 15000, 15000];
 
 export type ConnectionStatus = 'idle' | 'connecting' | 'reconnecting' | 'generating';
+
+/** Where a running answer can be taken up again after its socket (or the page) went away. */
+export interface ResumePoint {
+  /** The session's resume token. */
+  token: string;
+  /** Characters of the answer shown before the request that the server runs. */
+  base: number;
+  /** Tokens of the answer counted before that request. */
+  baseTokens: number;
+  /** That request's number in its session (1 for the first `generate`). */
+  generation: number;
+}
 
 export interface TurnRequest {
   /** Model key (or alias) for `open_inference_session`. */
@@ -30,8 +51,13 @@ export interface TurnRequest {
   stopSequence: string;
   extraStopSequences: string[];
   params: SamplingParams;
-  /** Stop the answer after this many tokens (closes the session); unset: no limit. */
+  /** Stop the answer after this many new tokens (closes the session); unset: no limit. */
   maxNewTokens?: number;
+  /**
+   * Go on with an answer already begun (Continue, or a reloaded page): its text and token count
+   * so far; with `point`, first try to reattach to the server's session that generates it.
+   */
+  resume?: { text: string; tokenCount: number; point?: ResumePoint };
   signal?: AbortSignal;
 }
 
@@ -39,12 +65,20 @@ export type DoneReason = 'stop' | 'aborted' | 'length';
 
 export type StreamEvent =
   | { type: 'delta'; text: string; tokenCount: number }
+  /** The answer's whole text is `text` (a reattach found it different from what was shown). */
+  | { type: 'reset'; text: string; tokenCount: number }
+  /** The answer can be reattached from `point` (keep it with the answer until it is done). */
+  | { type: 'resumable'; point: ResumePoint }
   | { type: 'done'; reason: DoneReason; text: string; tokenCount: number };
 
 export interface SocketClientOptions {
   url: string;
   createSocket: SocketFactory;
   initialMaxLength?: number;
+  /** Open sessions that survive a dropped socket (the server's `resumable` extension). */
+  resumable?: boolean;
+  /** Waits between reconnection attempts (ms); default RECONNECT_DELAYS. */
+  reconnectDelays?: number[];
   onStatus?: (status: ConnectionStatus) => void;
 }
 
@@ -54,10 +88,26 @@ interface Session {
   maxLength: number;
   /** The text the session holds: all inputs and outputs so far. */
   sent: string;
+  /** Resumable sessions: the token for `reattach`. */
+  resumeToken: string | null;
+  /** `generate` requests sent in this session. */
+  generations: number;
 }
 
 class ConnectionLost extends Error {
   override name = 'ConnectionLost';
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
 }
 
 export class ChatSocketClient {
@@ -88,8 +138,12 @@ export class ChatSocketClient {
   /** Streams one answer. Throws ChatError for failures the user must see. */
   async *streamTurn(turn: TurnRequest): AsyncGenerator<StreamEvent, void, void> {
     const filter = new StopSequenceFilter([turn.stopSequence, ...turn.extraStopSequences]);
-    let shown = '';
-    let tokens = 0;
+    let shown = turn.resume?.text ?? '';
+    let tokens = turn.resume?.tokenCount ?? 0;
+    const startTokens = tokens;
+    let point: ResumePoint | null = turn.resume?.point ?? null;
+    let reattach = point !== null;
+    let reattaches = 0;
     let connectionRetries = 0;
     let finished = false;
     const onAbort = () => this.#drop();
@@ -102,28 +156,43 @@ export class ChatSocketClient {
     try {
       for (;;) {
         if (turn.signal?.aborted) return yield aborted();
-        const target = turn.prompt + shown;
-        let session: Session;
-        let inputs: string;
-        try {
-          ({ session, inputs } = await this.#prepare(turn, target, connectionRetries > 0));
-          session.channel.send({
-            type: 'generate',
-            ...(inputs ? { inputs } : {}),
-            max_new_tokens: 1,
-            stop_sequence: turn.stopSequence,
-            extra_stop_sequences: turn.extraStopSequences,
-            ...turn.params,
-          });
-        } catch (error) {
-          this.#drop();
+        let session: Session | null = null;
+        if (reattach && point && reattaches++ < MAX_REATTACHES) {
+          session = await this.#reattach(turn, point);
           if (turn.signal?.aborted) return yield aborted();
-          if (error instanceof ChatError) throw error;
-          if (connectionRetries++ < MAX_CONNECTION_RETRIES) continue;
-          throw new ChatError('connection', 'Could not connect to the server', String(error));
+          // The request the server runs began where the answer was `point.base` characters long.
+          if (session) session.sent = turn.prompt + shown.slice(0, point.base);
         }
-        session.sent = target;
+        reattach = false;
+        if (!session) {
+          const target = turn.prompt + shown;
+          let inputs: string;
+          try {
+            ({ session, inputs } = await this.#prepare(turn, target, connectionRetries > 0 || reattaches > 0));
+            session.channel.send({
+              type: 'generate',
+              ...(inputs ? { inputs } : {}),
+              max_new_tokens: 1,
+              stop_sequence: turn.stopSequence,
+              extra_stop_sequences: turn.extraStopSequences,
+              ...turn.params,
+            });
+          } catch (error) {
+            this.#drop();
+            if (turn.signal?.aborted) return yield aborted();
+            if (error instanceof ChatError) throw error;
+            if (connectionRetries++ < MAX_CONNECTION_RETRIES) continue;
+            throw new ChatError('connection', 'Could not connect to the server', String(error));
+          }
+          session.sent = target;
+          session.generations++;
+          point = session.resumeToken
+            ? { token: session.resumeToken, base: shown.length, baseTokens: tokens, generation: session.generations }
+            : null;
+          if (point) yield { type: 'resumable', point };
+        }
         filter.reset();
+        const requestStart = session.sent;
         this.#status('generating');
 
         for (;;) {
@@ -131,6 +200,10 @@ export class ChatSocketClient {
           if (next.kind === 'closed') {
             this.#forget(session);
             if (turn.signal?.aborted) return yield aborted();
+            if (point && reattaches < MAX_REATTACHES) {
+              reattach = true;
+              break;
+            }
             if (connectionRetries++ < MAX_CONNECTION_RETRIES) break;
             throw new ChatError('connection', 'The connection to the server was lost', next.reason);
           }
@@ -150,9 +223,25 @@ export class ChatSocketClient {
             break;
           }
 
-          tokens += event.tokenCount;
-          session.sent += event.text;
-          const visible = filter.push(event.text);
+          let visible: string;
+          if (event.replay && point) {
+            // After a reattach: the whole text of the running request, which replaces what we had of it.
+            filter.reset();
+            const full = shown.slice(0, point.base) + filter.push(event.text);
+            tokens = point.baseTokens + event.tokenCount;
+            session.sent = requestStart + event.text;
+            if (full.startsWith(shown)) {
+              visible = full.slice(shown.length);
+            } else {
+              shown = full;
+              visible = '';
+              yield { type: 'reset', text: shown, tokenCount: tokens };
+            }
+          } else {
+            tokens += event.tokenCount;
+            session.sent += event.text;
+            visible = filter.push(event.text);
+          }
           if (event.stop) {
             const rest = visible + filter.finish();
             shown += rest;
@@ -168,7 +257,7 @@ export class ChatSocketClient {
             shown += visible;
             yield { type: 'delta', text: visible, tokenCount: tokens };
           }
-          if (turn.maxNewTokens !== undefined && tokens >= turn.maxNewTokens) {
+          if (turn.maxNewTokens !== undefined && tokens - startTokens >= turn.maxNewTokens) {
             this.#drop();
             finished = true;
             yield { type: 'done', reason: 'length', text: shown, tokenCount: tokens };
@@ -183,6 +272,43 @@ export class ChatSocketClient {
       if (!finished) this.#drop();
       this.#status('idle');
     }
+  }
+
+  /**
+   * Reconnects (with backoff) and takes the session of `point` over. Null when that is not possible
+   * (the session expired, the request never reached it, the server stayed unreachable, or abort).
+   */
+  async #reattach(turn: TurnRequest, point: ResumePoint): Promise<Session | null> {
+    this.#drop();
+    const delays = this.#options.reconnectDelays ?? RECONNECT_DELAYS;
+    for (let attempt = 0; attempt <= delays.length; attempt++) {
+      this.#status('reconnecting');
+      if (attempt > 0) await sleep(delays[attempt - 1] ?? 0, turn.signal);
+      if (turn.signal?.aborted) return null;
+      let channel: FrameChannel;
+      try {
+        channel = await FrameChannel.connect(this.#options.createSocket, this.#options.url, turn.signal);
+      } catch {
+        continue;
+      }
+      channel.send({ type: 'reattach', resume_token: point.token });
+      const next = await channel.next();
+      if (next.kind === 'closed') continue;
+      const session: Session = {
+        channel,
+        model: turn.model,
+        maxLength: this.#budget,
+        sent: '',
+        resumeToken: point.token,
+        generations: point.generation,
+      };
+      this.#session = session;
+      const ack = next.event;
+      if (ack.kind === 'ack' && (ack.generations ?? 0) >= point.generation) return session;
+      this.#drop(); // expired, or our request never arrived: a fresh session is simpler
+      return null;
+    }
+    return null;
   }
 
   async #prepare(
@@ -208,13 +334,21 @@ export class ChatSocketClient {
     this.#status(retrying ? 'reconnecting' : 'connecting');
 
     const channel = await FrameChannel.connect(this.#options.createSocket, this.#options.url, turn.signal);
-    const session: Session = { channel, model: turn.model, maxLength, sent: '' };
+    const session: Session = { channel, model: turn.model, maxLength, sent: '', resumeToken: null, generations: 0 };
     this.#session = session;
-    channel.send({ type: 'open_inference_session', model: turn.model, max_length: maxLength });
+    channel.send({
+      type: 'open_inference_session',
+      model: turn.model,
+      max_length: maxLength,
+      ...(this.#options.resumable ? { resumable: true } : {}),
+    });
     for (;;) {
       const next = await channel.next();
       if (next.kind === 'closed') throw new ConnectionLost(next.reason);
-      if (next.event.kind === 'ack') break;
+      if (next.event.kind === 'ack') {
+        session.resumeToken = next.event.resumeToken ?? null;
+        break;
+      }
       if (next.event.kind === 'error') throw serverError(next.event);
     }
     return { session, inputs: target };
@@ -224,9 +358,17 @@ export class ChatSocketClient {
     if (this.#session === session) this.#session = null;
   }
 
+  /** Closes the session; a resumable one is told to stop first (else the server would keep it). */
   #drop(): void {
     const session = this.#session;
     this.#session = null;
+    if (session?.resumeToken && session.channel.isOpen) {
+      try {
+        session.channel.send({ type: 'cancel' });
+      } catch {
+        // closing anyway
+      }
+    }
     session?.channel.close();
   }
 

@@ -35,6 +35,7 @@ export function createAppState(deps: AppDeps): AppState {
   const client = new ChatSocketClient({
     url: deps.socketUrl,
     createSocket: deps.createSocket,
+    resumable: true,
     onStatus: (status) => connection.setStatus(status),
   });
   const chat = new ChatController({ client, conversations, settings, models, connection });

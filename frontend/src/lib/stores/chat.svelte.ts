@@ -3,7 +3,7 @@
  * into socket turns, streaming the answer into the active conversation.
  */
 import { ChatError } from '../api/errors';
-import type { ChatSocketClient } from '../api/socketClient';
+import type { ChatSocketClient, ResumePoint } from '../api/socketClient';
 import { createPromptRenderer, type PromptRenderer } from '../chat/prompt';
 import type { ChatMessage, Conversation } from '../types/chat';
 import type { ModelInfo } from '../types/protocol';
@@ -11,6 +11,12 @@ import type { ConnectionStore } from './connection.svelte';
 import type { ConversationsStore } from './conversations.svelte';
 import type { ModelsStore } from './models.svelte';
 import type { SettingsStore } from './settings.svelte';
+
+/** An answer to go on with: Continue, or one taken up after a reload (`point`). */
+interface ExistingAnswer {
+  message: ChatMessage;
+  point?: ResumePoint;
+}
 
 export interface ChatDeps {
   client: ChatSocketClient;
@@ -78,6 +84,25 @@ export class ChatController {
     await this.#answer(conversation);
   }
 
+  /** Continue an answer that stopped at its token limit (or was stopped): generate more of it. */
+  async continueAnswer(): Promise<void> {
+    const conversation = this.#deps.conversations.active;
+    const last = conversation?.messages.at(-1);
+    if (!conversation || this.running || last?.role !== 'assistant') return;
+    await this.#answer(conversation, { message: last });
+  }
+
+  /**
+   * After a reload: an answer of the active dialogue that was streaming when the page went away
+   * is taken up again (the server kept generating it for its reattach window).
+   */
+  async resumeInterrupted(): Promise<void> {
+    const conversation = this.#deps.conversations.active;
+    const last = conversation?.messages.at(-1);
+    if (!conversation || this.running || last?.role !== 'assistant' || !last.resume) return;
+    await this.#answer(conversation, { message: last, point: last.resume });
+  }
+
   /** Retry link of the error box. */
   async retry(): Promise<void> {
     this.#deps.connection.clearError();
@@ -143,14 +168,15 @@ export class ChatController {
     return render;
   }
 
-  async #answer(conversation: Conversation): Promise<void> {
+  async #answer(conversation: Conversation, existing?: ExistingAnswer): Promise<void> {
     if (this.running) return;
-    const run = this.#stream(conversation);
+    const run = this.#stream(conversation, existing);
     this.#run = run;
     await run;
   }
 
-  async #stream(conversation: Conversation): Promise<void> {
+  /** Streams a new answer, or more of `existing` (the last message). */
+  async #stream(conversation: Conversation, existing?: ExistingAnswer): Promise<void> {
     const { client, conversations, connection, settings, models } = this.#deps;
     const model = models.get(conversation.model);
     connection.beginAnswer();
@@ -166,19 +192,20 @@ export class ChatController {
     try {
       rendered = this.#renderer(model)(
         settings.effectiveSystemPrompt(model),
-        conversation.messages.map((m) => ({ role: m.role, content: m.content })),
+        conversation.messages
+          .filter((m) => m !== existing?.message)
+          .map((m) => ({ role: m.role, content: m.content })),
       );
     } catch (error) {
       connection.fail({ kind: 'model', message: 'Could not render the chat template', detail: String(error) });
       return;
     }
     const params = settings.effectiveParams(model);
-    const answer: ChatMessage = conversations.addMessage(conversation.id, {
-      role: 'assistant',
-      content: '',
-      state: 'streaming',
-      tokenCount: 0,
-    });
+    const answer: ChatMessage =
+      existing?.message ??
+      conversations.addMessage(conversation.id, { role: 'assistant', content: '', state: 'streaming', tokenCount: 0 });
+    answer.state = 'streaming';
+    answer.limited = undefined;
     const abort = new AbortController();
     this.#abort = abort;
     this.running = true;
@@ -192,14 +219,25 @@ export class ChatController {
         params: params.sampling,
         maxNewTokens: params.maxNewTokens,
         signal: abort.signal,
+        ...(existing
+          ? { resume: { text: answer.content, tokenCount: answer.tokenCount ?? 0, point: existing.point } }
+          : {}),
       });
       for await (const event of stream) {
+        if (event.type === 'resumable') {
+          answer.resume = event.point;
+          conversations.save(); // a reload can take the answer up from here
+          continue;
+        }
         answer.tokenCount = event.tokenCount;
         if (event.type === 'delta') {
           answer.content += event.text;
           connection.recordTokens(event.tokenCount);
+        } else if (event.type === 'reset') {
+          answer.content = event.text;
         } else {
           answer.state = event.reason === 'aborted' ? 'stopped' : 'done';
+          if (event.reason === 'length') answer.limited = true;
         }
       }
     } catch (error) {
@@ -214,6 +252,7 @@ export class ChatController {
       connection.fail({ kind: chatError.kind, message: chatError.message, detail: chatError.detail });
     } finally {
       if (answer.state === 'streaming') answer.state = 'stopped';
+      answer.resume = undefined;
       this.running = false;
       this.#abort = null;
       conversations.touch(conversation.id);

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { FakeServer, tokens, type Handler } from '../api/fakeSocket.testutil';
 import type { ModelsResponse } from '../types/protocol';
 import { MemoryStorage } from '../util/storage';
@@ -103,6 +103,54 @@ describe('ChatController', () => {
     const reloaded = setup(echo, storage).app;
     expect(reloaded.conversations.list).toHaveLength(1);
     expect(reloaded.conversations.active?.messages.map((m) => m.content)).toEqual(['Remember me', 'Hi there']);
+  });
+
+  it('a reload mid-answer reattaches to the server and the answer completes', async () => {
+    const handler: Handler = (request) => {
+      if (request.type === 'open_inference_session') return [{ ok: true, resume_token: 'T' }];
+      if (request.type === 'generate') return tokens('Hi').map((f) => ({ ...(f as object), stop: false })); // then silence
+      if (request.type === 'reattach') {
+        return [
+          { ok: true, resume_token: 'T', generating: true, generations: 1 },
+          { ok: true, outputs: 'Hi there', stop: false, token_count: 2, replay: true },
+          { ok: true, outputs: '<|im_end|>', stop: true, token_count: 1 },
+        ];
+      }
+      return [];
+    };
+    const { app, storage } = setup(handler);
+    await app.models.load();
+    app.chat.initModel();
+    void app.chat.send('Hello');
+    await vi.waitFor(() => expect(app.conversations.active?.messages[1]?.content).toBe('Hi'));
+    expect(app.conversations.active?.messages[1]?.resume).toMatchObject({ token: 'T', base: 0, generation: 1 });
+
+    const { app: reloaded, server } = setup(handler, storage);
+    await reloaded.models.load();
+    reloaded.chat.initModel();
+    await reloaded.chat.resumeInterrupted();
+    const answer = reloaded.conversations.active!.messages[1]!;
+    expect([answer.content, answer.state, answer.tokenCount, answer.resume]).toEqual(['Hi there', 'done', 3, undefined]);
+    expect(server.requests.map((r) => r.type)).toEqual(['reattach']);
+    app.chat.stop();
+  });
+
+  it('Continue goes on with an answer that reached its token limit', async () => {
+    const { app, server } = setup((request) =>
+      request.type === 'open_inference_session'
+        ? [{ ok: true }]
+        : Array.from({ length: 70 }, () => ({ ok: true, outputs: 'x', stop: false, token_count: 1 })),
+    );
+    await app.models.load();
+    app.chat.initModel();
+    await app.chat.send('Count');
+    const answer = app.conversations.active!.messages[1]!;
+    expect([answer.content.length, answer.limited]).toEqual([64, true]);
+
+    await app.chat.continueAnswer();
+    expect(app.conversations.active!.messages).toHaveLength(2);
+    expect([answer.content.length, answer.tokenCount, answer.limited]).toEqual([128, 128, true]);
+    expect(server.generates()[1]!.inputs).toMatch(/<\|im_start\|>assistant\nx{64}$/);
   });
 
   it('switching model starts a new dialogue', async () => {

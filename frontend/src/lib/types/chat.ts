@@ -1,4 +1,5 @@
 /** The browser-side model of dialogues (what the conversations store keeps). */
+import type { ResumePoint } from '../api/socketClient';
 
 export type MessageState = 'streaming' | 'done' | 'stopped' | 'error';
 
@@ -9,6 +10,10 @@ export interface ChatMessage {
   content: string;
   state: MessageState;
   tokenCount?: number;
+  /** The answer ended at its token limit (it can be continued). */
+  limited?: boolean;
+  /** While streaming: where a reloaded page can reattach to the server's generation. */
+  resume?: ResumePoint;
 }
 
 export interface Conversation {

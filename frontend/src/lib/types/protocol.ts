@@ -13,6 +13,19 @@ export interface OpenSessionRequest {
   model: string;
   /** The session's total token budget: prefix, inputs and generated tokens together. */
   max_length: number;
+  /** The session outlives its socket for the server's reattach window (answered with a `resume_token`). */
+  resumable?: boolean;
+}
+
+/** Takes over a resumable session whose socket went away. */
+export interface ReattachRequest {
+  type: 'reattach';
+  resume_token: string;
+}
+
+/** Stops the generation and closes a resumable session now. */
+export interface CancelRequest {
+  type: 'cancel';
 }
 
 /** Sampling parameters accepted by `generate` (and the HTTP API). */
@@ -34,13 +47,19 @@ export interface GenerateRequest extends SamplingParams {
   extra_stop_sequences?: string[];
 }
 
-export type ClientRequest = OpenSessionRequest | GenerateRequest;
+export type ClientRequest = OpenSessionRequest | GenerateRequest | ReattachRequest | CancelRequest;
 
 // ---- Responses (server -> client) ----
 
 /** Answer to `open_inference_session`. */
 export interface AckResponse {
   ok: true;
+  /** Resumable sessions: the token for `reattach`. */
+  resume_token?: string;
+  /** Answer to `reattach`: whether the session's generation still runs. */
+  generating?: boolean;
+  /** Answer to `reattach`: how many `generate` requests the session has received. */
+  generations?: number;
 }
 
 /** One round of generated text (`stop: false`) or the last one (`stop: true`). */
@@ -49,6 +68,8 @@ export interface OutputResponse {
   outputs: string;
   stop: boolean;
   token_count?: number;
+  /** After a reattach: the whole generation so far (replaces, not appends). */
+  replay?: boolean;
 }
 
 /**
@@ -71,6 +92,7 @@ export type ErrorCode =
   | 'time_limit'
   | 'too_many_requests'
   | 'shutting_down'
+  | 'session_expired'
   | 'protocol_error' // made by the page itself: a frame it could not parse
   | 'unknown'; // a reply without a code (not from this server)
 
@@ -84,8 +106,8 @@ export type ServerResponse = AckResponse | OutputResponse | ErrorResponse;
 
 /** The same responses as a tagged union that is convenient to switch over. */
 export type ServerEvent =
-  | { kind: 'ack' }
-  | { kind: 'output'; text: string; stop: boolean; tokenCount: number }
+  | { kind: 'ack'; resumeToken?: string; generations?: number }
+  | { kind: 'output'; text: string; stop: boolean; tokenCount: number; replay?: boolean }
   | { kind: 'error'; code: ErrorCode; traceback: string };
 
 export class ProtocolError extends Error {
@@ -113,10 +135,16 @@ export function parseServerFrame(data: unknown): ServerEvent {
     const code = typeof value.code === 'string' ? (value.code as ErrorCode) : 'unknown';
     return { kind: 'error', code, traceback };
   }
-  if (!('outputs' in value)) return { kind: 'ack' };
+  if (!('outputs' in value)) {
+    const ack: ServerEvent = { kind: 'ack' };
+    if (typeof value.resume_token === 'string') ack.resumeToken = value.resume_token;
+    if (typeof value.generations === 'number') ack.generations = value.generations;
+    return ack;
+  }
   if (typeof value.outputs !== 'string') throw new ProtocolError('"outputs" is not a string');
   const tokenCount = typeof value.token_count === 'number' ? value.token_count : 0;
-  return { kind: 'output', text: value.outputs, stop: value.stop === true, tokenCount };
+  const output = { kind: 'output' as const, text: value.outputs, stop: value.stop === true, tokenCount };
+  return value.replay === true ? { ...output, replay: true } : output;
 }
 
 // ---- HTTP: GET /api/v1/models ----
