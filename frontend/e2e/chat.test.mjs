@@ -134,6 +134,13 @@ describe('chat page', { timeout: TEST_TIMEOUT_MS * 6 }, () => {
       const last = frames.filter((f) => f.type === 'generate').at(-1);
       assert.ok(last?.inputs?.includes('First question, edited'), 'the edited text is sent');
       assert.ok(!last?.inputs?.includes('Second question'), 'the dropped turn is not sent');
+
+      // The earlier version is kept and can be shown again in place (< 1/2 >).
+      const firstUser = page.getByTestId('message-user').first();
+      assert.equal((await firstUser.getByTestId('version-label').textContent())?.trim(), '2/2');
+      await firstUser.getByRole('button', { name: 'Previous version' }).click();
+      await page.getByTestId('message-user').filter({ hasText: 'Second question' }).waitFor();
+      assert.equal(await page.getByTestId('message-assistant').count(), 2);
       await assertClean(page, problems);
     } finally {
       await context.close();

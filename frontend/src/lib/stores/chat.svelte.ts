@@ -5,7 +5,7 @@
 import { ChatError } from '../api/errors';
 import type { ChatSocketClient, ResumePoint } from '../api/socketClient';
 import { createPromptRenderer, type PromptRenderer } from '../chat/prompt';
-import type { ChatMessage, Conversation } from '../types/chat';
+import type { Branch, ChatMessage, Conversation } from '../types/chat';
 import type { ModelInfo } from '../types/protocol';
 import type { ConnectionStore } from './connection.svelte';
 import type { ConversationsStore } from './conversations.svelte';
@@ -75,13 +75,16 @@ export class ChatController {
     this.#abort?.abort();
   }
 
-  async regenerate(): Promise<void> {
+  /** Answers again in place of an answer (default: the last one); the old answer stays as a version. */
+  async regenerate(messageId?: string): Promise<void> {
     const conversation = this.#deps.conversations.active;
     if (!conversation || this.running) return;
-    const last = conversation.messages.at(-1);
-    if (last?.role === 'assistant') this.#deps.conversations.truncate(conversation.id, conversation.messages.length - 1);
+    const { messages } = conversation;
+    const index = messageId === undefined ? messages.length - 1 : messages.findIndex((m) => m.id === messageId);
+    const branch =
+      messages[index]?.role === 'assistant' ? this.#deps.conversations.fork(conversation.id, index) : undefined;
     if (conversation.messages.at(-1)?.role !== 'user') return;
-    await this.#answer(conversation);
+    await this.#answer(conversation, undefined, branch);
   }
 
   /** Continue an answer that stopped at its token limit (or was stopped): generate more of it. */
@@ -103,6 +106,23 @@ export class ChatController {
     await this.#answer(conversation, { message: last, point: last.resume });
   }
 
+  /** Deletes a message and its replies (stopping the answer first if it is among them). */
+  async deleteMessage(messageId: string): Promise<void> {
+    const conversation = this.#deps.conversations.active;
+    if (!conversation) return;
+    if (this.running) await this.#stopAndWait();
+    const index = conversation.messages.findIndex((m) => m.id === messageId);
+    if (index >= 0) this.#deps.conversations.deleteFrom(conversation.id, index);
+  }
+
+  /** Shows another version (0-based) of the dialogue from a message on. */
+  showVersion(messageId: string, to: number): void {
+    const conversation = this.#deps.conversations.active;
+    if (!conversation || this.running) return;
+    const index = conversation.messages.findIndex((m) => m.id === messageId);
+    if (index >= 0) this.#deps.conversations.switchVersion(conversation.id, index, to);
+  }
+
   /** Retry link of the error box. */
   async retry(): Promise<void> {
     this.#deps.connection.clearError();
@@ -117,8 +137,9 @@ export class ChatController {
     await this.#stopAndWait();
     const index = conversation.messages.findIndex((m) => m.id === messageId);
     if (index < 0 || conversation.messages[index]?.role !== 'user') return;
-    this.#deps.conversations.editMessage(conversation.id, index, content);
-    this.#deps.conversations.truncate(conversation.id, index + 1);
+    // The message and what followed it stay as the previous version.
+    const branch = this.#deps.conversations.fork(conversation.id, index);
+    this.#deps.conversations.addMessage(conversation.id, { role: 'user', content, state: 'done', branch });
     await this.#answer(conversation);
   }
 
@@ -168,15 +189,15 @@ export class ChatController {
     return render;
   }
 
-  async #answer(conversation: Conversation, existing?: ExistingAnswer): Promise<void> {
+  async #answer(conversation: Conversation, existing?: ExistingAnswer, branch?: Branch): Promise<void> {
     if (this.running) return;
-    const run = this.#stream(conversation, existing);
+    const run = this.#stream(conversation, existing, branch);
     this.#run = run;
     await run;
   }
 
   /** Streams a new answer, or more of `existing` (the last message). */
-  async #stream(conversation: Conversation, existing?: ExistingAnswer): Promise<void> {
+  async #stream(conversation: Conversation, existing?: ExistingAnswer, branch?: Branch): Promise<void> {
     const { client, conversations, connection, settings, models } = this.#deps;
     const model = models.get(conversation.model);
     connection.beginAnswer();
@@ -203,7 +224,13 @@ export class ChatController {
     const params = settings.effectiveParams(model);
     const answer: ChatMessage =
       existing?.message ??
-      conversations.addMessage(conversation.id, { role: 'assistant', content: '', state: 'streaming', tokenCount: 0 });
+      conversations.addMessage(conversation.id, {
+        role: 'assistant',
+        content: '',
+        state: 'streaming',
+        tokenCount: 0,
+        ...(branch ? { branch } : {}),
+      });
     answer.state = 'streaming';
     answer.limited = undefined;
     const abort = new AbortController();
@@ -244,8 +271,9 @@ export class ChatController {
       const chatError =
         error instanceof ChatError ? error : new ChatError('server', 'Something went wrong', String(error));
       if (answer.content === '') {
+        // Nothing came: drop the answer (an earlier version of it, if any, is shown again).
         const index = conversation.messages.findIndex((m) => m.id === answer.id);
-        if (index >= 0) conversations.truncate(conversation.id, index);
+        if (index >= 0) conversations.deleteFrom(conversation.id, index);
       } else {
         answer.state = 'error';
       }

@@ -1,4 +1,5 @@
-import type { ChatMessage, Conversation } from '../types/chat';
+import { deleteFrom, forkAt, switchVersion } from '../chat/branches';
+import type { Branch, ChatMessage, Conversation } from '../types/chat';
 import { newId } from '../util/ids';
 import { readJson, type KeyValueStorage } from '../util/storage';
 
@@ -135,6 +136,32 @@ export class ConversationsStore {
     const conversation = this.get(id);
     if (!conversation) return;
     conversation.messages.splice(from);
+    conversation.updatedAt = this.#now();
+    this.save();
+  }
+
+  /** Keeps the tail from `index` on as a version and removes it; the next message there carries the result. */
+  fork(id: string, index: number): Branch | undefined {
+    const conversation = this.get(id);
+    if (!conversation || index < 0 || index >= conversation.messages.length) return undefined;
+    const branch = forkAt(conversation.messages, index);
+    this.save();
+    return branch;
+  }
+
+  /** Shows another version (0-based `to`) of the dialogue from message `index` on. */
+  switchVersion(id: string, index: number, to: number): void {
+    const conversation = this.get(id);
+    if (!conversation) return;
+    switchVersion(conversation.messages, index, to);
+    this.save();
+  }
+
+  /** Deletes a message and its replies (another version of them, if any, is shown instead). */
+  deleteFrom(id: string, index: number): void {
+    const conversation = this.get(id);
+    if (!conversation || index < 0) return;
+    deleteFrom(conversation.messages, index);
     conversation.updatedAt = this.#now();
     this.save();
   }

@@ -237,6 +237,45 @@ describe('ChatController', () => {
     expect(server.generates().at(-1)!.inputs).toContain('<|im_start|>user\nedited<|im_end|>');
   });
 
+  it('keeps every version: regenerate any answer, edit, navigate, delete; a failed answer brings the old one back', async () => {
+    let n = 0;
+    let fail = false;
+    const { app, storage } = setup((request) => {
+      if (request.type === 'open_inference_session') return [{ ok: true }];
+      if (fail) return [{ ok: false, code: 'swarm_error', traceback: 'Swarm error' }];
+      n++;
+      return tokens(`A${n}`, '<|im_end|>');
+    });
+    await app.models.load();
+    app.chat.initModel();
+    await app.chat.send('first');
+    await app.chat.send('second');
+    const conversation = app.conversations.active!;
+    const contents = () => conversation.messages.map((m) => m.content);
+
+    await app.chat.regenerate(conversation.messages[1]!.id); // not the last answer
+    expect(contents()).toEqual(['first', 'A3']);
+    app.chat.showVersion(conversation.messages[1]!.id, 0);
+    expect(contents()).toEqual(['first', 'A1', 'second', 'A2']);
+
+    await app.chat.editAndResend(conversation.messages[2]!.id, 'second, edited');
+    expect(contents()).toEqual(['first', 'A1', 'second, edited', 'A4']);
+    app.chat.showVersion(conversation.messages[2]!.id, 0);
+    expect(contents()).toEqual(['first', 'A1', 'second', 'A2']);
+
+    fail = true;
+    await app.chat.regenerate();
+    expect(contents()).toEqual(['first', 'A1', 'second', 'A2']);
+    app.connection.clearError();
+
+    await app.chat.deleteMessage(conversation.messages[2]!.id); // this version goes, the other one shows
+    expect(contents()).toEqual(['first', 'A1', 'second, edited', 'A4']);
+
+    // versions survive a reload
+    const reloaded = setup(() => [], storage).app;
+    expect(reloaded.conversations.active!.messages[1]!.branch?.tails).toHaveLength(2);
+  });
+
   it('uses the settings overrides and the model defaults', async () => {
     const { app, server } = setup(echo);
     await app.models.load();

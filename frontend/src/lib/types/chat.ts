@@ -14,6 +14,14 @@ export interface ChatMessage {
   limited?: boolean;
   /** While streaming: where a reloaded page can reattach to the server's generation. */
   resume?: ResumePoint;
+  /** The versions of the dialogue from this message on (see chat/branches.ts). */
+  branch?: Branch;
+}
+
+/** All versions of a dialogue's tail; `tails[index]` (the one shown) is an empty placeholder. */
+export interface Branch {
+  tails: ChatMessage[][];
+  index: number;
 }
 
 export interface Conversation {
