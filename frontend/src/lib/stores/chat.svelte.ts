@@ -4,6 +4,7 @@
  */
 import { ChatError } from '../api/errors';
 import type { ChatSocketClient, ResumePoint } from '../api/socketClient';
+import { AnswerTimer } from '../chat/answerTimer';
 import { createPromptRenderer, type PromptRenderer } from '../chat/prompt';
 import type { Branch, ChatMessage, Conversation } from '../types/chat';
 import type { ModelInfo } from '../types/protocol';
@@ -235,6 +236,7 @@ export class ChatController {
     answer.limited = undefined;
     const abort = new AbortController();
     this.#abort = abort;
+    const timer = new AnswerTimer();
     this.running = true;
     try {
       const stream = client.streamTurn({
@@ -260,6 +262,7 @@ export class ChatController {
         if (event.type === 'delta') {
           answer.content += event.text;
           connection.recordTokens(event.tokenCount);
+          timer.tokens(event.tokenCount);
         } else if (event.type === 'reset') {
           answer.content = event.text;
         } else {
@@ -281,6 +284,9 @@ export class ChatController {
     } finally {
       if (answer.state === 'streaming') answer.state = 'stopped';
       answer.resume = undefined;
+      const stats = timer.stats(existing !== undefined);
+      if (stats.ttftMs === undefined && answer.stats?.ttftMs !== undefined) stats.ttftMs = answer.stats.ttftMs;
+      answer.stats = stats;
       this.running = false;
       this.#abort = null;
       conversations.touch(conversation.id);

@@ -81,6 +81,8 @@ describe('ChatController', () => {
       ['user', 'Hello', 'done'],
       ['assistant', 'Hi there', 'done'],
     ]);
+    expect(conversation.messages[1]!.stats?.ttftMs).toBeGreaterThanOrEqual(0); // measured in the page
+    expect(conversation.messages[1]!.tokenCount).toBe(3);
     expect(server.generates()[0]).toMatchObject({
       inputs: '<|im_start|>system\nBe nice.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n',
       stop_sequence: '<|im_end|>',

@@ -14,8 +14,16 @@ export interface ChatMessage {
   limited?: boolean;
   /** While streaming: where a reloaded page can reattach to the server's generation. */
   resume?: ResumePoint;
+  /** Answers: measured in the page while it streamed. */
+  stats?: AnswerStats;
   /** The versions of the dialogue from this message on (see chat/branches.ts). */
   branch?: Branch;
+}
+
+export interface AnswerStats {
+  /** Milliseconds from sending to the first token. */
+  ttftMs?: number;
+  tokensPerSecond?: number;
 }
 
 /** All versions of a dialogue's tail; `tails[index]` (the one shown) is an empty placeholder. */
