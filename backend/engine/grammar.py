@@ -2,9 +2,9 @@
 
 The LM head and sampling run in this process, so the mask applies to each step's logits without the
 swarm knowing. A grammar is llguidance's (built from a JSON schema by
-:func:`json_schema_grammar`); the matcher consumes each generated token and masks the next step's
-logits to the tokens that keep the text inside the grammar. Once the grammar is complete it allows
-only the end-of-sequence token, so the text always parses.
+:func:`json_schema_grammar`, or from Lark by :func:`lark_grammar`: tool calls); the matcher consumes
+each generated token and masks the next step's logits to the tokens that keep the text inside the
+grammar. Once the grammar is complete it allows only the end-of-sequence token, so the text always parses.
 """
 
 from __future__ import annotations
@@ -24,6 +24,17 @@ def json_schema_grammar(schema: dict[str, Any] | None) -> str:
     schema = {"type": "object"} if schema is None else schema
     grammar = llguidance.LLMatcher.grammar_from_json_schema(json.dumps(schema),
                                                             defaults={"whitespace_flexible": False})
+    error = llguidance.LLMatcher.validate_grammar(grammar)
+    if error:
+        raise ValueError(error)
+    return grammar
+
+
+def lark_grammar(lark: str) -> str:
+    """llguidance's grammar of a Lark text (which may embed JSON schemas: ``%json {...}``); ValueError if invalid."""
+    import llguidance
+
+    grammar = llguidance.LLMatcher.grammar_from_lark(lark)
     error = llguidance.LLMatcher.validate_grammar(grammar)
     if error:
         raise ValueError(error)

@@ -304,8 +304,12 @@ class PetalsEngine:
     def decode(self, model_key: str, ids: list[int]) -> str:
         return self._get(model_key).tokenizer.decode(ids)
 
-    def render_chat(self, model_key: str, messages: list[dict[str, str]]) -> str:
-        return plain_text.render_chat(self._get(model_key).tokenizer, messages)
+    def render_chat(self, model_key: str, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> str:
+        return plain_text.render_chat(self._get(model_key).tokenizer, messages, tools)
+
+    def template_takes_tools(self, model_key: str) -> bool:
+        """Whether the model's chat template renders tool definitions (its source uses ``tools``)."""
+        return plain_text.template_takes_tools(self._get(model_key).tokenizer)
 
     async def prompt_logprobs(self, model_key: str, ids: list[int], top_n: int) -> list[TokenLogprob]:
         """Each token's log-probability given the tokens before it (the first has none: it is left out), from one

@@ -60,11 +60,28 @@ def encode(tokenizer: Any, text: str) -> list[int]:
     return ids
 
 
-def render_chat(tokenizer: Any, messages: list[dict[str, str]]) -> Prompt:
-    """The chat template applied to ``messages`` (with the generation prompt), content spans marked."""
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def _template(tokenizer: Any) -> str:
+    return tokenizer.chat_template or tokenizer.default_chat_template or ""
+
+
+def template_takes_tools(tokenizer: Any) -> bool:
+    return re.search(r"\btools\b", _template(tokenizer)) is not None
+
+
+def _apply(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None) -> str:
+    if tools is None:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # transformers 4.34's apply_chat_template passes no tools to the template: render it as it would, with them
+    compiled = tokenizer._compile_jinja_template(_template(tokenizer))
+    return compiled.render(messages=messages, tools=tools, add_generation_prompt=True, **tokenizer.special_tokens_map)
+
+
+def render_chat(tokenizer: Any, messages: list[dict[str, Any]], tools: list[dict] | None = None) -> Prompt:
+    """The chat template applied to ``messages`` (with the generation prompt, and ``tools`` when given),
+    content spans marked."""
+    text = _apply(tokenizer, messages, tools)
     marked = [{**m, "content": _MARK.format(i)} for i, m in enumerate(messages)]
-    template = tokenizer.apply_chat_template(marked, tokenize=False, add_generation_prompt=True)
+    template = _apply(tokenizer, marked, tools)
     parts: list[tuple[str, bool]] = []
     last = 0
     for match in _MARKS.finditer(template):

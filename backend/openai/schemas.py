@@ -63,9 +63,33 @@ class TextPart(_Request):
     text: StrictStr
 
 
+FUNCTION_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class FunctionCall(_Request):
+    name: StrictStr = Field(pattern=FUNCTION_NAME)
+    arguments: StrictStr = Field(description="The arguments as a JSON object, in a string.")
+
+
+class ToolCall(_Request):
+    id: StrictStr = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Request):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: StrictStr | list[TextPart] | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, description="An assistant's calls.")
+    tool_call_id: StrictStr | None = Field(default=None, description="The call a tool message answers.")
+
+    @model_validator(mode="after")
+    def _tool_fields(self) -> ChatMessage:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError("only an assistant message carries tool_calls")
+        if (self.tool_call_id is not None) != (self.role == "tool"):
+            raise ValueError("a tool message needs tool_call_id (and only a tool message has one)")
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -139,8 +163,33 @@ class ResponseFormat(_Request):
         return self
 
 
+class FunctionDefinition(_Request):
+    name: StrictStr = Field(pattern=FUNCTION_NAME)
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = Field(default=None, description="A JSON schema of the arguments object.")
+    strict: StrictBool | None = None  # a constrained call always matches the schema
+
+
+class Tool(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    name: StrictStr
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = Field(default=None, description=(
+        "required or a named function: decoding is constrained to a call whose arguments match the schema."))
+    parallel_tool_calls: StrictBool = True
     response_format: ResponseFormat | None = Field(default=None, description=(
         "json_object or json_schema: decoding is constrained to JSON text (valid against the schema)."))
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1, le=MAX_INT)
@@ -195,7 +244,7 @@ class CompletionRequest(GenerationRequest):
 
 # ---- responses -----------------------------------------------------------------
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class Usage(BaseModel):
@@ -204,9 +253,21 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class ResponseFunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON object
+
+
+class ResponseToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ResponseFunctionCall
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ResponseToolCall] | None = _drop_none()
 
 
 class TopLogprob(BaseModel):
@@ -247,9 +308,22 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = _drop_none()
+    arguments: str
+
+
+class DeltaToolCall(BaseModel):
+    index: int
+    id: str | None = _drop_none()
+    type: Literal["function"] | None = _drop_none()
+    function: DeltaFunctionCall
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = _drop_none()
     content: str | None = _drop_none()
+    tool_calls: list[DeltaToolCall] | None = _drop_none()
 
 
 class ChatChunkChoice(BaseModel):
@@ -348,6 +422,16 @@ def _unknown(model: type[BaseModel], data: dict, where: str, ignored: Mapping[st
     return kept
 
 
+def _unknown_tool(tool: Any, i: int) -> Any:
+    """A tool definition without null fields; a 400 naming a field this server does not know."""
+    if not isinstance(tool, dict):
+        return tool
+    tool = _unknown(Tool, tool, f"tools[{i}].", {})
+    if isinstance(tool.get("function"), dict):
+        tool["function"] = _unknown(FunctionDefinition, tool["function"], f"tools[{i}].function.", {})
+    return tool
+
+
 def parse_request(model: type[R], data: Any) -> R:
     """Validate an OpenAI request: unknown fields are refused (400 naming them), not ignored."""
     if not isinstance(data, dict):
@@ -356,4 +440,6 @@ def parse_request(model: type[R], data: Any) -> R:
     if isinstance(data.get("messages"), list):
         data["messages"] = [_unknown(ChatMessage, m, f"messages[{i}].", {}) if isinstance(m, dict) else m
                             for i, m in enumerate(data["messages"])]
+    if isinstance(data.get("tools"), list):
+        data["tools"] = [_unknown_tool(tool, i) for i, tool in enumerate(data["tools"])]
     return parse(model, data)

@@ -47,6 +47,7 @@ from ..services.generation import GenerateSpec, GenerationService, Round
 from ..services.planning import StopRules
 from . import logprobs as lp
 from . import schemas as s
+from . import tools
 from .logprobs import LogprobAligner
 from .stops import StopCutter
 
@@ -72,6 +73,7 @@ class Job:
     logprobs: int | None = None  # alternatives per token when log-probabilities are asked for
     echo: bool = False
     index: int = 0  # the choice's index (a batch of prompts)
+    tools: tools.ToolPlan | None = None  # tool calls are read out of the answer
 
 
 class TextRun:
@@ -163,16 +165,24 @@ class OpenAIServing:
     # ------------------------------------------------------------------ planning
     def plan_chat(self, req: s.ChatCompletionRequest, *, own_origin: bool, request_id: str = "") -> Job:
         spec = self.service.resolve_model(req.model, own_origin=own_origin)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in req.messages]
-        prompt = format_chat(self.engine, spec, messages)
+        tool_plan = tools.plan(req)
+        tools.check_tool_messages(req.messages)
+        prompt = self._render(spec, req.messages, tool_plan)
         job = self._plan(req, spec, prompt.text, prompt.stop_sequences + req.stop_sequences(), chat=True,
                          request_id=request_id, limit_param="max_completion_tokens"
                          if req.max_completion_tokens is not None else "max_tokens")
-        constrained = response_grammar(req.response_format)
+        job = replace(job, tools=tool_plan if tool_plan.parse else None)
+        constrained = tool_plan.grammar or response_grammar(req.response_format)
         if constrained is None:
             return job
         return replace(job, gen=replace(job.gen, sampling=replace(job.gen.sampling, grammar=constrained)))
+
+    def _render(self, spec: ModelSpec, messages: list[s.ChatMessage], tool_plan: tools.ToolPlan):
+        """The prompt: a chat template that takes tools renders them and the calls, else the fallback format."""
+        takes_tools = getattr(self.engine, "template_takes_tools", None)  # (engines without tools: never)
+        if spec.chat.use_chat_template and takes_tools is not None and takes_tools(spec.key):
+            return format_chat(self.engine, spec, tools.template_messages(messages), tool_plan.definitions() or None)
+        return format_chat(self.engine, spec, tools.fallback_messages(messages, tool_plan.definitions()))
 
     def plan_completion(self, req: s.CompletionRequest, *, own_origin: bool, request_id: str = "") -> list[Job]:
         """One job per prompt of the batch (one choice each), sharing the response's id."""
@@ -248,7 +258,14 @@ class OpenAIServing:
         entries = [entry for _, part in pieces for entry in part]
         if job.chat:
             logprobs = lp.chat(entries) if job.logprobs is not None else None
-            return s.ChatChoice(message=s.AssistantMessage(content=text), finish_reason=run.finish_reason,
+            message, finish_reason = s.AssistantMessage(content=text), run.finish_reason
+            if job.tools is not None:
+                parser = tools.CallParser(job.tools.names)
+                content = parser.feed(text)[0] + parser.flush()
+                message = s.AssistantMessage(content=content or None if parser.calls else content,
+                                             tool_calls=parser.calls or None)
+                finish_reason = _finish_reason(run, parser)
+            return s.ChatChoice(message=message, finish_reason=finish_reason,
                                 logprobs=logprobs), run.completion_tokens
         logprobs = lp.completion([*echo_entries, *entries], tokens=first_token) if job.logprobs is not None else None
         return s.TextChoice(index=job.index, text=echo + text, finish_reason=run.finish_reason,
@@ -281,17 +298,17 @@ class OpenAIServing:
         try:
             if job.chat:
                 yield self._chunk(job, s.ChatDelta(role="assistant", content=""))
-            elif echo[0]:
-                yield self._chunk(job, echo[0], logprobs=self._text_logprobs(job, echo[1], 0, echo[2]))
-                offset = len(echo[0])
-            async for piece, entries in run.pieces():
-                if job.chat:
-                    logprobs = lp.chat(entries) if job.logprobs is not None else None
-                    yield self._chunk(job, s.ChatDelta(content=piece) if piece else s.ChatDelta(), logprobs=logprobs)
-                else:
+                parser = tools.CallParser(job.tools.names) if job.tools is not None else None
+                async for chunk in self._chat_deltas(job, run, parser):
+                    yield chunk
+            else:
+                if echo[0]:
+                    yield self._chunk(job, echo[0], logprobs=self._text_logprobs(job, echo[1], 0, echo[2]))
+                    offset = len(echo[0])
+                async for piece, entries in run.pieces():
                     yield self._chunk(job, piece, logprobs=self._text_logprobs(job, entries, offset))
                     offset += len(piece)
-            yield self._chunk(job, s.ChatDelta() if job.chat else "", finish_reason=run.finish_reason)
+                yield self._chunk(job, "", finish_reason=run.finish_reason)
             if job.include_usage:
                 yield self._chunk(job, None, usage=self._usage(job, run))
             self._log_done(job, run)
@@ -305,6 +322,24 @@ class OpenAIServing:
         finally:
             await run.close()
         yield sse.DONE
+
+    async def _chat_deltas(self, job: Job, run: TextRun, parser: tools.CallParser | None) -> AsyncIterator[str]:
+        """The answer's chunks: content, and with tools each call parsed (name, then arguments)."""
+        async for piece, entries in run.pieces():
+            logprobs = lp.chat(entries) if job.logprobs is not None else None
+            calls: list[s.ResponseToolCall] = []
+            if parser is not None:
+                piece, calls = parser.feed(piece)
+            if piece or logprobs is not None:
+                yield self._chunk(job, s.ChatDelta(content=piece) if piece else s.ChatDelta(), logprobs=logprobs)
+            for call in calls:
+                for delta in _call_deltas(call, index=parser.calls.index(call)):
+                    yield self._chunk(job, s.ChatDelta(tool_calls=[delta]))
+        rest = parser.flush() if parser is not None else ""
+        if rest:
+            yield self._chunk(job, s.ChatDelta(content=rest))
+        finish_reason = _finish_reason(run, parser) if parser is not None else run.finish_reason
+        yield self._chunk(job, s.ChatDelta(), finish_reason=finish_reason)
 
     # ------------------------------------------------------------------ formatting
     @staticmethod
@@ -336,3 +371,15 @@ class OpenAIServing:
         logger.info("%s done request_id=%s model=%s prompt_tokens=%d completion_tokens=%d finish_reason=%s",
                     "chat.completion" if job.chat else "completion", job.request_id, job.spec.key,
                     job.prompt_tokens, run.completion_tokens, run.finish_reason)
+
+
+def _finish_reason(run: TextRun, parser: tools.CallParser) -> str:
+    """``tool_calls`` when the answer ended after calls (not cut by the token limit)."""
+    return "tool_calls" if parser.calls and run.finish_reason == "stop" else run.finish_reason
+
+
+def _call_deltas(call: s.ResponseToolCall, *, index: int) -> list[s.DeltaToolCall]:
+    """A call as OpenAI streams one: its id, type and name (arguments empty), then its arguments."""
+    return [s.DeltaToolCall(index=index, id=call.id, type="function",
+                            function=s.DeltaFunctionCall(name=call.function.name, arguments="")),
+            s.DeltaToolCall(index=index, function=s.DeltaFunctionCall(arguments=call.function.arguments))]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..engine.types import Prompt
 from ..registry import ChatSettings, ModelSpec
@@ -69,15 +69,20 @@ def legacy_prompt(chat: ChatSettings, system: str, turns: Sequence[tuple[str, st
     return Prompt(parts)
 
 
-def format_chat(engine: ChatRenderer, spec: ModelSpec, messages: Sequence[Mapping[str, str]]) -> ChatPrompt:
-    """Render ``messages`` (``{"role": system | user | assistant, "content": TEXT}``) for ``spec``'s model."""
+def format_chat(engine: ChatRenderer, spec: ModelSpec, messages: Sequence[Mapping[str, Any]],
+                tools: list[dict] | None = None) -> ChatPrompt:
+    """Render ``messages`` (``{"role": system | user | assistant, "content": TEXT}``) for ``spec``'s model.
+
+    ``tools`` (OpenAI's definitions) only for a chat template that takes them; its messages may then
+    carry transformers' ``tool_calls`` and ``tool`` turns (``backend/openai/tools.py``).
+    """
     chat = spec.chat
     has_system = any(m["role"] == "system" for m in messages)
     if chat.use_chat_template:
         # no system message: the template's own default, not the registry's system_prompt (which may
         # differ by a character, and a small model answers differently)
-        items = [{"role": m["role"], "content": m["content"]} for m in messages]
-        text = engine.render_chat(spec.key, items)
+        items = [dict(m) for m in messages]
+        text = engine.render_chat(spec.key, items) if tools is None else engine.render_chat(spec.key, items, tools)
     else:
         system = ("\n".join(m["content"] for m in messages if m["role"] == "system") if has_system
                   else chat.system_prompt)
