@@ -57,9 +57,10 @@ lint: $(VENV)/.installed frontend/node_modules/.package-lock.json
 	$(PY) -m ruff check backend tests bench
 	cd frontend && npm run check
 
-## bench: the benchmark on the embedded model (results in bench/results, chart and README table)
+## bench: the benchmarks on the embedded model (whole stack; stock vs batched server); results in bench/results, charts and README tables
 bench: install
 	$(PY) -m bench
+	$(PY) -m bench.batching
 
 bench-quick: install
 	$(PY) -m bench --tiny --quick

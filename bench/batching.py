@@ -42,6 +42,7 @@ def parse_args(argv):
     p.add_argument("--tokens", type=int, default=None, help="new tokens per session (default 32; 64 sessions: 16)")
     p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"), help="server block dtype")
     p.add_argument("--model", type=Path, default=EMBEDDED_DIR, help="model folder (default: the embedded model)")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results folder")
     p.add_argument("--no-docs", action="store_true", help="never write docs/ or the README")
     args = p.parse_args(argv)
     args.sessions = [int(x) for x in (args.sessions or ("1,4,16" if args.quick else "1,4,16,64")).split(",")]
@@ -161,7 +162,7 @@ def main(argv: list[str]) -> int:
                "kinds": kinds, "inprocess": limit}
     results["targets"] = batching_report.targets(results)
     results["config"]["duration_s"] = round(time.time() - started, 1)
-    out = REPO / "bench" / "results"
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     batching_report.write_all(results, out, REPO / "docs" if args.docs else None,
                               REPO / "README.md" if args.docs else None)

@@ -54,3 +54,27 @@ def test_bench_tiny_quick(tmp_path, embedded_dir):
     assert {t["target"] for t in r["targets"]} >= {"RSS per idle WebSocket session (MB)"}
     after = {p: p.stat().st_mtime_ns for p in docs.glob("bench.*")} if docs.is_dir() else {}
     assert after == before, "the smoke test must not write docs/"
+
+
+def test_bench_batching_quick(tmp_path, tiny_model):
+    """``python -m bench.batching`` on the tiny model: both server kinds, every level, no errors, the targets."""
+    out = tmp_path / "results"
+    readme_before = (REPO / "README.md").read_text()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "bench.batching", "--model", str(tiny_model), "--dtype", "float32",
+                           "--sessions", "1,4", "--tokens", "6", "--out", str(out), "--no-docs"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((out / "batching.json").read_text())
+    assert (out / "batching.png").stat().st_size > 10_000
+    assert set(r["kinds"]) == {"stock", "batched"}
+    assert "--no_batching" in r["kinds"]["stock"]["flags"] and "--no_batching" not in r["kinds"]["batched"]["flags"]
+    for kind in r["kinds"].values():
+        assert [lv["sessions"] for lv in kind["levels"]] == [1, 4]
+        for lv in kind["levels"]:
+            assert lv["errors"] == 0, lv["error_messages"]
+            assert lv["tokens"] == lv["sessions"] * 6
+            assert lv["peak_rss_mb"]["server"] > 0 and lv["peak_rss_mb"]["backend"] > 0
+    assert [x["batch"] for x in r["inprocess"]] == [1, 4] and all(x["ms_per_step"] > 0 for x in r["inprocess"])
+    assert any("TTFT" in t["target"] for t in r["targets"])
+    assert (REPO / "README.md").read_text() == readme_before, "the smoke test must not write the README"
