@@ -250,11 +250,10 @@ class _Connection:
         logger.info("ws session reattached (generating: %s)", held.generating)
         await self.send(protocol.ok(resume_token=held.token, generating=held.generating,
                                     generations=held.generations))
-        replay, seen = held.replay(), len(held.rounds)
-        if replay is not None:
-            await self.send(protocol.delta(replay.outputs, stop=replay.stop, token_count=replay.token_count,
-                                           replay=True))
-            await self.forward(held.follow(seen))
+        if held.generations:
+            # the latest generation again from its start, round by round, the first marked: the client resets
+            await self.send(protocol.delta("", stop=False, token_count=0, replay=True))
+            await self.forward(held.follow())
 
     async def generate(self, request: dict) -> None:
         if self.conversation is None:

@@ -4,7 +4,8 @@ A client that opens its session with ``"resumable": true`` gets a ``resume_token
 generations then run in a task of their own (:class:`Resumable`), which records every round; the
 socket only forwards them. When the socket goes away, the task goes on and the session is kept for
 the window; a new socket that sends ``{"type": "reattach", "resume_token": ...}`` takes it over,
-receives the latest generation's text so far in one frame and then the rest as it comes. Without a
+receives the latest generation again from its start (the rounds so far at once, then the rest as they
+come). Without a
 reattach in time, the generation is cancelled and the session closed.
 """
 
@@ -79,14 +80,6 @@ class Resumable:
                     raise self.error
                 return
             await changed.wait()
-
-    def replay(self) -> Round | None:
-        """The latest generation so far as one round (None before the first generation)."""
-        if not self.rounds and self.finished and self.error is None:
-            return None
-        last = self.rounds[-1] if self.rounds else None
-        return Round("".join(r.outputs for r in self.rounds), bool(last and last.stop),
-                     sum(r.token_count for r in self.rounds), last.finish_reason if last else None)
 
     async def cancel(self) -> None:
         """Stop the running generation (if any) and wait until it has stopped."""

@@ -73,7 +73,7 @@ describe('errors and injection', { timeout: TEST_TIMEOUT_MS * 4 }, () => {
               JSON.stringify(
                 request.type === 'open_inference_session'
                   ? { ok: true }
-                  : { ok: false, traceback: 'RuntimeError: attention cache is full' },
+                  : { ok: false, code: 'cache_full', traceback: 'RuntimeError: attention cache is full' },
               ),
             );
           });

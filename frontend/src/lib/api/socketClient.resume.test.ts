@@ -3,6 +3,8 @@ import { FakeServer, tokens, type Reply } from './fakeSocket.testutil';
 import { ChatSocketClient, type StreamEvent, type TurnRequest } from './socketClient';
 
 const TOKEN = 'tok-123';
+/** After a reattach: the latest generation follows again from its start. */
+const REPLAY: Reply = { ok: true, outputs: '', stop: false, token_count: 0, replay: true };
 
 function turn(prompt: string, extra: Partial<TurnRequest> = {}): TurnRequest {
   return {
@@ -32,8 +34,8 @@ function shown(events: StreamEvent[], start = ''): string {
   return text;
 }
 
-function out(outputs: string, extra: Record<string, unknown> = {}): Reply {
-  return { ok: true, outputs, stop: false, token_count: 1, ...extra };
+function out(outputs: string): Reply {
+  return { ok: true, outputs, stop: false, token_count: 1 };
 }
 
 function client(server: FakeServer) {
@@ -54,7 +56,10 @@ describe('ChatSocketClient with resumable sessions', () => {
         // the server generated 'lo' and ' wor' meanwhile
         return [
           { ok: true, resume_token: TOKEN, generating: true, generations: 1 },
-          out(' Hello wor', { token_count: 3, replay: true }),
+          REPLAY,
+          out(' Hel'),
+          out('lo'),
+          out(' wor'),
           out('ld'),
           { ok: true, outputs: '###', stop: true, token_count: 1 },
         ];
@@ -76,7 +81,7 @@ describe('ChatSocketClient with resumable sessions', () => {
     const server = new FakeServer((request) => {
       if (request.type === 'open_inference_session') return [{ ok: true, resume_token: TOKEN }];
       if (request.type === 'generate') return [out('a'), 'close'];
-      return [{ ok: true, generating: false, generations: 1 }, { ok: true, outputs: 'ab###', stop: true, token_count: 3, replay: true }];
+      return [{ ok: true, generating: false, generations: 1 }, REPLAY, out('a'), out('b'), { ok: true, outputs: '###', stop: true, token_count: 1 }];
     });
     const c = client(server);
     const gen = c.streamTurn(turn('P:'));
@@ -117,7 +122,9 @@ describe('ChatSocketClient with resumable sessions', () => {
       request.type === 'reattach'
         ? [
             { ok: true, generating: true, generations: 2 },
-            out('Hello', { token_count: 2, replay: true }),
+            REPLAY,
+            out('Hel'),
+            out('lo'),
             { ok: true, outputs: '!###', stop: true, token_count: 2 },
           ]
         : [],
@@ -134,13 +141,25 @@ describe('ChatSocketClient with resumable sessions', () => {
   it('says so with a reset when the replay does not extend the saved text', async () => {
     const server = new FakeServer((request) =>
       request.type === 'reattach'
-        ? [{ ok: true, generations: 1 }, { ok: true, outputs: 'Other###', stop: true, token_count: 2, replay: true }]
+        ? [{ ok: true, generations: 1 }, REPLAY, out('Other'), { ok: true, outputs: '###', stop: true, token_count: 1 }]
         : [],
     );
     const point = { token: TOKEN, base: 0, baseTokens: 0, generation: 1 };
     const events = await collect(client(server).streamTurn(turn('P:', { resume: { text: 'Old', tokenCount: 1, point } })));
-    expect(events[0]).toEqual({ type: 'reset', text: 'Other', tokenCount: 2 });
+    expect(events[0]).toEqual({ type: 'reset', text: 'Other', tokenCount: 1 });
     expect(shown(events, 'Old')).toBe('Other');
+  });
+
+  it('after a reattach the token limit cuts where it would have without one', async () => {
+    const server = new FakeServer((request) => {
+      if (request.type === 'open_inference_session') return [{ ok: true, resume_token: TOKEN }];
+      if (request.type === 'generate') return [out('a'), out('b'), 'close'];
+      // meanwhile the server went on past the page's limit
+      return [{ ok: true, generations: 1 }, REPLAY, ...['a', 'b', 'c', 'd', 'e', 'f'].map(out)];
+    });
+    const events = await collect(client(server).streamTurn(turn('P:', { maxNewTokens: 4 })));
+    expect(events.at(-1)).toEqual({ type: 'done', reason: 'length', text: 'abcd', tokenCount: 4 });
+    expect(shown(events)).toBe('abcd');
   });
 
   it('Continue: generates from the prompt plus the answer so far, counting only new tokens', async () => {

@@ -193,6 +193,28 @@ export class ChatSocketClient {
         }
         filter.reset();
         const requestStart = session.sent;
+        // While the server replays a request after a reattach: its visible text so far (from where the
+        // request began); it only shows once it goes beyond what is shown already.
+        let replay: string | null = null;
+        const take = (text: string): StreamEvent[] => {
+          if (replay === null) {
+            shown += text;
+            return text ? [{ type: 'delta', text, tokenCount: tokens }] : [];
+          }
+          replay += text;
+          if (shown.startsWith(replay)) return [];
+          const extra = replay.startsWith(shown) ? replay.slice(shown.length) : null;
+          shown = replay;
+          replay = null;
+          return [extra === null ? { type: 'reset', text: shown, tokenCount: tokens } : { type: 'delta', text: extra, tokenCount: tokens }];
+        };
+        /** At the end: what was replayed is the answer, also when it is shorter than what was shown. */
+        const settle = (): StreamEvent[] => {
+          if (replay === null || replay === shown) return [];
+          shown = replay;
+          replay = null;
+          return [{ type: 'reset', text: shown, tokenCount: tokens }];
+        };
         this.#status('generating');
 
         for (;;) {
@@ -223,42 +245,30 @@ export class ChatSocketClient {
             break;
           }
 
-          let visible: string;
           if (event.replay && point) {
-            // After a reattach: the whole text of the running request, which replaces what we had of it.
+            // After a reattach: the request the server runs comes again from its start.
             filter.reset();
-            const full = shown.slice(0, point.base) + filter.push(event.text);
-            tokens = point.baseTokens + event.tokenCount;
-            session.sent = requestStart + event.text;
-            if (full.startsWith(shown)) {
-              visible = full.slice(shown.length);
-            } else {
-              shown = full;
-              visible = '';
-              yield { type: 'reset', text: shown, tokenCount: tokens };
-            }
-          } else {
-            tokens += event.tokenCount;
-            session.sent += event.text;
-            visible = filter.push(event.text);
+            tokens = point.baseTokens;
+            session.sent = requestStart;
+            replay = shown.slice(0, point.base);
           }
+          tokens += event.tokenCount;
+          session.sent += event.text;
+          const visible = filter.push(event.text);
           if (event.stop) {
-            const rest = visible + filter.finish();
-            shown += rest;
+            yield* take(visible + filter.finish());
+            yield* settle();
             // The server leaves the session ending with the regular stop sequence, also when an
             // extra stop sequence ended the text.
             session.sent = turn.prompt + shown + turn.stopSequence;
-            if (rest) yield { type: 'delta', text: rest, tokenCount: tokens };
             finished = true;
             yield { type: 'done', reason: 'stop', text: shown, tokenCount: tokens };
             return;
           }
-          if (visible) {
-            shown += visible;
-            yield { type: 'delta', text: visible, tokenCount: tokens };
-          }
+          yield* take(visible);
           if (turn.maxNewTokens !== undefined && tokens - startTokens >= turn.maxNewTokens) {
             this.#drop();
+            yield* settle();
             finished = true;
             yield { type: 'done', reason: 'length', text: shown, tokenCount: tokens };
             return;

@@ -1,6 +1,7 @@
 import { describe, expect, it, vi } from 'vitest';
 import { FakeServer, tokens, type Handler } from '../api/fakeSocket.testutil';
 import type { ModelsResponse } from '../types/protocol';
+import { MemoryChatDb } from '../util/chatDb';
 import { MemoryStorage } from '../util/storage';
 import { createAppState } from './appState';
 import { ConnectionStore } from './connection.svelte';
@@ -58,10 +59,17 @@ const REGISTRY: ModelsResponse = {
 
 const fakeFetch = async () => new Response(JSON.stringify(REGISTRY), { status: 200 });
 
-function setup(handler: Handler, storage = new MemoryStorage()) {
+function setup(handler: Handler, storage = new MemoryStorage(), db = new MemoryChatDb()) {
   const server = new FakeServer(handler);
-  const app = createAppState({ storage, fetch: fakeFetch, socketUrl: 'ws://t/api/v2/generate', createSocket: server.factory });
-  return { app, server, storage };
+  const app = createAppState({ storage, db, fetch: fakeFetch, socketUrl: 'ws://t/api/v2/generate', createSocket: server.factory });
+  return { app, server, storage, db };
+}
+
+/** The page again on the same browser storage, its chats loaded. */
+async function reload(handler: Handler, storage: MemoryStorage, db: MemoryChatDb) {
+  const again = setup(handler, storage, db);
+  await again.app.conversations.load();
+  return again;
 }
 
 const echo: Handler = (request) =>
@@ -97,12 +105,12 @@ describe('ChatController', () => {
   });
 
   it('keeps conversations across a reload', async () => {
-    const { app, storage } = setup(echo);
+    const { app, storage, db } = setup(echo);
     await app.models.load();
     app.chat.initModel();
     await app.chat.send('Remember me');
 
-    const reloaded = setup(echo, storage).app;
+    const reloaded = (await reload(echo, storage, db)).app;
     expect(reloaded.conversations.list).toHaveLength(1);
     expect(reloaded.conversations.active?.messages.map((m) => m.content)).toEqual(['Remember me', 'Hi there']);
   });
@@ -114,20 +122,22 @@ describe('ChatController', () => {
       if (request.type === 'reattach') {
         return [
           { ok: true, resume_token: 'T', generating: true, generations: 1 },
-          { ok: true, outputs: 'Hi there', stop: false, token_count: 2, replay: true },
+          { ok: true, outputs: '', stop: false, token_count: 0, replay: true },
+          { ok: true, outputs: 'Hi', stop: false, token_count: 1 },
+          { ok: true, outputs: ' there', stop: false, token_count: 1 },
           { ok: true, outputs: '<|im_end|>', stop: true, token_count: 1 },
         ];
       }
       return [];
     };
-    const { app, storage } = setup(handler);
+    const { app, storage, db } = setup(handler);
     await app.models.load();
     app.chat.initModel();
     void app.chat.send('Hello');
     await vi.waitFor(() => expect(app.conversations.active?.messages[1]?.content).toBe('Hi'));
     expect(app.conversations.active?.messages[1]?.resume).toMatchObject({ token: 'T', base: 0, generation: 1 });
 
-    const { app: reloaded, server } = setup(handler, storage);
+    const { app: reloaded, server } = await reload(handler, storage, db);
     await reloaded.models.load();
     reloaded.chat.initModel();
     await reloaded.chat.resumeInterrupted();
@@ -242,7 +252,7 @@ describe('ChatController', () => {
   it('keeps every version: regenerate any answer, edit, navigate, delete; a failed answer brings the old one back', async () => {
     let n = 0;
     let fail = false;
-    const { app, storage } = setup((request) => {
+    const { app, storage, db } = setup((request) => {
       if (request.type === 'open_inference_session') return [{ ok: true }];
       if (fail) return [{ ok: false, code: 'swarm_error', traceback: 'Swarm error' }];
       n++;
@@ -274,7 +284,7 @@ describe('ChatController', () => {
     expect(contents()).toEqual(['first', 'A1', 'second, edited', 'A4']);
 
     // versions survive a reload
-    const reloaded = setup(() => [], storage).app;
+    const reloaded = (await reload(() => [], storage, db)).app;
     expect(reloaded.conversations.active!.messages[1]!.branch?.tails).toHaveLength(2);
   });
 
@@ -294,7 +304,7 @@ describe('ChatController', () => {
 describe('ConversationsStore', () => {
   it('creates, renames, deletes and orders by last activity', () => {
     let t = 0;
-    const store = new ConversationsStore(new MemoryStorage(), () => ++t);
+    const store = new ConversationsStore(new MemoryChatDb(), null, () => ++t);
     const a = store.create('m');
     const b = store.create('m');
     expect(store.activeId).toBe(b.id);
@@ -308,7 +318,7 @@ describe('ConversationsStore', () => {
     expect(store.activeId).toBe(a.id);
   });
 
-  it('marks an answer that was streaming at reload as stopped and ignores garbage', () => {
+  it('moves chats kept in localStorage to the database; an answer streaming at reload is stopped; garbage is ignored', async () => {
     const storage = new MemoryStorage();
     storage.set(
       'petals-chat:conversations:v1',
@@ -320,10 +330,20 @@ describe('ConversationsStore', () => {
         ],
       }),
     );
-    const store = new ConversationsStore(storage);
+    const db = new MemoryChatDb();
+    const store = new ConversationsStore(db, storage);
+    await store.load();
     expect(store.list).toHaveLength(1);
     expect(store.active?.messages[0]?.state).toBe('stopped');
-    expect(new ConversationsStore(Object.assign(new MemoryStorage(), {})).list).toEqual([]);
+    expect(storage.get('petals-chat:conversations:v1')).toBeNull();
+    expect(db.data?.conversations.map((c) => c.id)).toEqual(['c1']);
+
+    const again = new ConversationsStore(db, storage);
+    await again.load();
+    expect(again.list.map((c) => c.id)).toEqual(['c1']);
+    const empty = new ConversationsStore(new MemoryChatDb(), new MemoryStorage());
+    await empty.load();
+    expect(empty.list).toEqual([]);
   });
 });
 

@@ -68,7 +68,7 @@ export interface OutputResponse {
   outputs: string;
   stop: boolean;
   token_count?: number;
-  /** After a reattach: the whole generation so far (replaces, not appends). */
+  /** After a reattach: an empty frame saying that the latest generation follows again from its start. */
   replay?: boolean;
 }
 
