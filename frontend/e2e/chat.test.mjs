@@ -94,6 +94,14 @@ describe('chat page', { timeout: TEST_TIMEOUT_MS * 6 }, () => {
       await page.getByTestId('conversation-item').filter({ hasText: 'Remember this message' }).waitFor();
       await page.getByTestId('message-user').filter({ hasText: 'Remember this message' }).waitFor();
       assert.equal((await lastAnswer(page).locator('.answer').textContent())?.trim(), answer);
+
+      // Ctrl+K searches the chats (kept in IndexedDB) by title and text.
+      await page.keyboard.press('Control+k');
+      assert.equal(await page.evaluate(() => document.activeElement?.getAttribute('data-testid')), 'chat-search');
+      await page.keyboard.type('remember THIS');
+      assert.equal(await page.getByTestId('conversation-item').count(), 1);
+      await page.getByTestId('chat-search').fill('words in no chat');
+      assert.equal(await page.getByTestId('conversation-item').count(), 0);
       await assertClean(page, problems);
     } finally {
       await context.close();

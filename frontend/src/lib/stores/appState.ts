@@ -4,6 +4,7 @@ import type { SocketFactory } from '../api/frameChannel';
 import type { FetchLike } from '../api/modelsApi';
 import { ChatSocketClient } from '../api/socketClient';
 import { MarkdownRenderer } from '../markdown/renderer';
+import type { ChatDb } from '../util/chatDb';
 import type { KeyValueStorage } from '../util/storage';
 import { ChatController } from './chat.svelte';
 import { ConnectionStore } from './connection.svelte';
@@ -21,7 +22,10 @@ export interface AppState {
 }
 
 export interface AppDeps {
+  /** Settings (and, before IndexedDB, the chats: migrated from here). */
   storage: KeyValueStorage;
+  /** Where the chats are kept. */
+  db: ChatDb;
   fetch: FetchLike;
   socketUrl: string;
   createSocket: SocketFactory;
@@ -30,7 +34,7 @@ export interface AppDeps {
 export function createAppState(deps: AppDeps): AppState {
   const models = new ModelsStore(deps.fetch);
   const settings = new SettingsStore(deps.storage);
-  const conversations = new ConversationsStore(deps.storage);
+  const conversations = new ConversationsStore(deps.db, deps.storage);
   const connection = new ConnectionStore();
   const client = new ChatSocketClient({
     url: deps.socketUrl,

@@ -1,16 +1,13 @@
 import { deleteFrom, forkAt, switchVersion } from '../chat/branches';
 import type { Branch, ChatMessage, Conversation } from '../types/chat';
 import { newId } from '../util/ids';
+import type { ChatDb, StoredChats } from '../util/chatDb';
 import { readJson, type KeyValueStorage } from '../util/storage';
 
-const STORAGE_KEY = 'petals-chat:conversations:v1';
+/** Where dialogues were kept before IndexedDB (migrated once, then removed). */
+export const LEGACY_STORAGE_KEY = 'petals-chat:conversations:v1';
 const TITLE_LENGTH = 48;
 export const UNTITLED = 'New chat';
-
-interface Persisted {
-  activeId: string | null;
-  conversations: Conversation[];
-}
 
 function titleFrom(text: string): string {
   const line = text.replace(/\s+/g, ' ').trim();
@@ -29,7 +26,19 @@ function isConversation(value: unknown): value is Conversation {
   );
 }
 
-/** Dialogues kept in the browser (localStorage): list, switch, rename, delete, new. */
+/** A stored conversation as the store uses it (defaults filled in; an answer cut by a reload is over). */
+export function normalizeConversation(c: Conversation): Conversation {
+  return {
+    ...c,
+    title: typeof c.title === 'string' ? c.title : UNTITLED,
+    customTitle: c.customTitle === true,
+    messages: c.messages.map((m) => (m.state === 'streaming' ? { ...m, state: 'stopped' as const } : m)),
+  };
+}
+
+export { isConversation };
+
+/** Dialogues kept in the browser (IndexedDB): list, switch, rename, delete, new. */
 export class ConversationsStore {
   list = $state<Conversation[]>([]);
   activeId = $state<string | null>(null);
@@ -37,23 +46,63 @@ export class ConversationsStore {
   readonly active: Conversation | null = $derived(this.list.find((c) => c.id === this.activeId) ?? null);
   readonly sorted: Conversation[] = $derived([...this.list].sort((a, b) => b.updatedAt - a.updatedAt));
 
-  readonly #storage: KeyValueStorage;
+  readonly #db: ChatDb;
+  readonly #legacy: KeyValueStorage | null;
   readonly #now: () => number;
+  #pending: StoredChats | null = null;
+  #writing: Promise<void> | null = null;
 
-  constructor(storage: KeyValueStorage, now: () => number = Date.now) {
-    this.#storage = storage;
+  constructor(db: ChatDb, legacy: KeyValueStorage | null = null, now: () => number = Date.now) {
+    this.#db = db;
+    this.#legacy = legacy;
     this.#now = now;
-    const saved = readJson<Persisted>(storage, STORAGE_KEY);
-    if (saved && Array.isArray(saved.conversations)) {
-      this.list = saved.conversations.filter(isConversation).map((c) => ({
-        ...c,
-        title: typeof c.title === 'string' ? c.title : UNTITLED,
-        customTitle: c.customTitle === true,
-        // An answer that was streaming when the page went away is over.
-        messages: c.messages.map((m) => (m.state === 'streaming' ? { ...m, state: 'stopped' as const } : m)),
-      }));
-      this.activeId = this.list.some((c) => c.id === saved.activeId) ? saved.activeId : null;
+  }
+
+  /** Reads the kept dialogues (once, at start); chats kept in localStorage by older versions move over. */
+  async load(): Promise<void> {
+    let saved: StoredChats | null = null;
+    try {
+      saved = await this.#db.load();
+    } catch {
+      saved = null; // unreadable: start empty, the page still works
     }
+    const legacy = this.#legacy ? readJson<StoredChats>(this.#legacy, LEGACY_STORAGE_KEY) : null;
+    if (!saved && legacy) saved = legacy;
+    if (!saved || !Array.isArray(saved.conversations)) return;
+    const loaded = saved.conversations.filter(isConversation).map(normalizeConversation);
+    const fresh = this.list.filter((c) => !loaded.some((l) => l.id === c.id)); // made while loading
+    this.list = [...loaded, ...fresh];
+    if (this.activeId === null && this.list.some((c) => c.id === saved.activeId)) this.activeId = saved.activeId;
+    if (legacy) {
+      this.save();
+      await this.flushed();
+      this.#legacy?.remove(LEGACY_STORAGE_KEY);
+    }
+  }
+
+  /** Conversations whose title or text contains every word of `query` (case-insensitive), newest first. */
+  search(query: string): Conversation[] {
+    const words = query.toLowerCase().split(/\s+/).filter(Boolean);
+    if (words.length === 0) return this.sorted;
+    return this.sorted.filter((c) => {
+      const text = `${c.title}\n${c.messages.map((m) => m.content).join('\n')}`.toLowerCase();
+      return words.every((w) => text.includes(w));
+    });
+  }
+
+  /** Adds imported conversations (a chat already here keeps its place: the import gets a new id). */
+  importConversations(imported: Conversation[]): number {
+    for (const conversation of imported) {
+      const id = this.get(conversation.id) ? newId() : conversation.id;
+      this.list.push({ ...normalizeConversation(conversation), id });
+    }
+    this.save();
+    return imported.length;
+  }
+
+  /** Resolves when every save so far is written. */
+  async flushed(): Promise<void> {
+    while (this.#writing) await this.#writing;
   }
 
   create(model: string): Conversation {
@@ -171,8 +220,25 @@ export class ConversationsStore {
     if (conversation) conversation.updatedAt = this.#now();
   }
 
+  /** Writes in the background; saves that come while one is written are coalesced into the next. */
   save(): void {
-    const data: Persisted = { activeId: this.activeId, conversations: $state.snapshot(this.list) };
-    this.#storage.set(STORAGE_KEY, JSON.stringify(data));
+    this.#pending = { activeId: this.activeId, conversations: $state.snapshot(this.list) };
+    this.#writing ??= this.#write();
+  }
+
+  async #write(): Promise<void> {
+    try {
+      while (this.#pending) {
+        const data = this.#pending;
+        this.#pending = null;
+        try {
+          await this.#db.save(data);
+        } catch {
+          // Quota exceeded or storage disabled: the app keeps working without persistence.
+        }
+      }
+    } finally {
+      this.#writing = null;
+    }
   }
 }

@@ -347,6 +347,29 @@ describe('ConversationsStore', () => {
   });
 });
 
+describe('ConversationsStore search and import', () => {
+  it('finds chats by title and text; imports chats, renaming ids that are taken', async () => {
+    const db = new MemoryChatDb();
+    const store = new ConversationsStore(db);
+    const a = store.create('m');
+    store.addMessage(a.id, { role: 'user', content: 'Lighthouse keepers', state: 'done' });
+    store.addMessage(a.id, { role: 'assistant', content: 'They keep the LAMP lit.', state: 'done' });
+    const b = store.create('m');
+    store.addMessage(b.id, { role: 'user', content: 'Recipes', state: 'done' });
+    expect(store.search('lamp').map((c) => c.id)).toEqual([a.id]);
+    expect(store.search('lighthouse lit').map((c) => c.id)).toEqual([a.id]);
+    expect(store.search('recipes lamp')).toEqual([]);
+    expect(store.search('  ')).toHaveLength(2);
+
+    const copy = JSON.parse(JSON.stringify(store.get(a.id)!));
+    expect(store.importConversations([copy, { ...copy, id: 'new-one' }])).toBe(2);
+    expect(store.list).toHaveLength(4);
+    expect(new Set(store.list.map((c) => c.id)).size).toBe(4);
+    await store.flushed();
+    expect(db.data?.conversations).toHaveLength(4);
+  });
+});
+
 describe('SettingsStore', () => {
   it('falls back to the model defaults and persists overrides', () => {
     const storage = new MemoryStorage();
