@@ -3,11 +3,14 @@
  *
  * Raw HTML in the source is escaped (markdown-it `html: false`), only http/https/mailto links
  * survive, images are not rendered (no remote requests from model output), and code blocks come
- * out as separate segments that a component renders with a copy button.
+ * out as separate segments that a component renders with a copy button. Maths (`$...$`,
+ * `$$...$$`) shows as source until KaTeX is loaded (`loadMath()`, on demand).
  */
 import MarkdownItFactory, { type MarkdownIt, type Token } from 'markdown-it';
 import { repairBlock, splitBlocks } from './blocks';
 import { highlightCode } from './highlight';
+import { loadKatex } from './katexLoader';
+import { mathPlugin, pendingMath, type MathRender } from './math';
 
 export type SegmentBody =
   | { kind: 'html'; html: string }
@@ -21,9 +24,10 @@ export function isSafeLink(url: string): boolean {
   return SAFE_LINK.test(url.trim());
 }
 
-export function createMarkdownIt(): MarkdownIt {
+export function createMarkdownIt(math: () => MathRender = () => pendingMath): MarkdownIt {
   const md = new MarkdownItFactory({ html: false, linkify: true, typographer: false, breaks: true });
   md.disable(['image']);
+  mathPlugin(md, math);
   md.validateLink = isSafeLink;
   const defaultLinkOpen =
     md.renderer.rules.link_open ?? ((tokens, idx, options, _env, self) => self.renderToken(tokens, idx, options));
@@ -44,9 +48,24 @@ const CACHE_LIMIT = 500;
 export class MarkdownRenderer {
   readonly #md: MarkdownIt;
   readonly #cache = new Map<string, SegmentBody[]>();
+  #math: MathRender | null = null;
+  #mathLoading: Promise<void> | null = null;
 
-  constructor(md: MarkdownIt = createMarkdownIt()) {
-    this.#md = md;
+  constructor(md?: MarkdownIt) {
+    this.#md = md ?? createMarkdownIt(() => this.#math ?? pendingMath);
+  }
+
+  get mathReady(): boolean {
+    return this.#math !== null;
+  }
+
+  /** Loads the maths renderer once; blocks rendered before are rendered again. */
+  loadMath(load: () => Promise<MathRender> = loadKatex): Promise<void> {
+    this.#mathLoading ??= load().then((render) => {
+      this.#math = render;
+      this.#cache.clear();
+    });
+    return this.#mathLoading;
   }
 
   render(source: string, streaming = false): Segment[] {
