@@ -73,7 +73,9 @@ describe('markdown rendering', () => {
     expect(dom(out).querySelectorAll('img').length).toBe(0);
   });
 
-  it('makes code blocks separate segments with highlighting that escapes the code', () => {
+  it('makes code blocks separate segments with highlighting (loaded on demand) that escapes the code', async () => {
+    expect(renderer.render('```python\nx = 1\n```')[0]).toMatchObject({ kind: 'code', highlighted: null });
+    await renderer.loadHighlighter();
     const segments = renderer.render('Intro\n\n```python\nprint("<script>")\n```\n\nAfter');
     const code = segments.find((s) => s.kind === 'code');
     expect(code).toMatchObject({ kind: 'code', lang: 'python', code: 'print("<script>")' });

@@ -4,11 +4,11 @@
  * Raw HTML in the source is escaped (markdown-it `html: false`), only http/https/mailto links
  * survive, images are not rendered (no remote requests from model output), and code blocks come
  * out as separate segments that a component renders with a copy button. Maths (`$...$`,
- * `$$...$$`) shows as source until KaTeX is loaded (`loadMath()`, on demand).
+ * `$$...$$`) shows as source until KaTeX is loaded (`loadMath()`, on demand), and code as plain
+ * text until highlight.js is (`loadHighlighter()`).
  */
 import MarkdownItFactory, { type MarkdownIt, type Token } from 'markdown-it';
 import { repairBlock, splitBlocks } from './blocks';
-import { highlightCode } from './highlight';
 import { loadKatex } from './katexLoader';
 import { mathPlugin, pendingMath, type MathRender } from './math';
 
@@ -17,6 +17,14 @@ export type SegmentBody =
   | { kind: 'code'; lang: string; code: string; highlighted: string | null };
 
 export type Segment = SegmentBody & { key: string };
+
+/** Highlighted HTML for code in a language, or null (plain text). */
+export type Highlighter = (code: string, lang: string) => string | null;
+
+/** highlight.js and its languages: a chunk of their own, loaded when the first code block shows. */
+export async function loadHighlightJs(): Promise<Highlighter> {
+  return (await import('./highlight')).highlightCode;
+}
 
 const SAFE_LINK = /^(https?:|mailto:)/i;
 
@@ -50,9 +58,24 @@ export class MarkdownRenderer {
   readonly #cache = new Map<string, SegmentBody[]>();
   #math: MathRender | null = null;
   #mathLoading: Promise<void> | null = null;
+  #highlight: Highlighter | null = null;
+  #highlightLoading: Promise<void> | null = null;
 
   constructor(md?: MarkdownIt) {
     this.#md = md ?? createMarkdownIt(() => this.#math ?? pendingMath);
+  }
+
+  get highlighterReady(): boolean {
+    return this.#highlight !== null;
+  }
+
+  /** Loads highlight.js once; blocks rendered before are rendered again. */
+  loadHighlighter(load: () => Promise<Highlighter> = loadHighlightJs): Promise<void> {
+    this.#highlightLoading ??= load().then((highlight) => {
+      this.#highlight = highlight;
+      this.#cache.clear();
+    });
+    return this.#highlightLoading;
   }
 
   get mathReady(): boolean {
@@ -115,7 +138,7 @@ export class MarkdownRenderer {
         flush();
         const lang = token.info.trim().split(/\s+/)[0] ?? '';
         const code = token.content.replace(/\n$/, '');
-        parts.push({ kind: 'code', lang, code, highlighted: highlightCode(code, lang) });
+        parts.push({ kind: 'code', lang, code, highlighted: this.#highlight?.(code, lang) ?? null });
       } else {
         group.push(token);
       }
