@@ -9,8 +9,9 @@ code. Each model has three tables:
   local swarm that the app can start by itself);
 * ``frontend``: ``name``, ``model_card``, ``license``;
 * ``chat``: ``max_session_length``, ``sep_token``, ``stop_token``,
-  ``extra_stop_sequences``, ``system_prompt``, ``use_chat_template`` and
-  ``generation_params``.
+  ``extra_stop_sequences``, ``system_prompt``, ``use_chat_template``,
+  ``generation_params`` and ``presets`` (named sets of generation parameters and
+  optionally a ``system_prompt``, offered by the chat page).
 
 :meth:`Registry.to_json` is the body of ``GET /api/v1/models``.
 """
@@ -40,6 +41,7 @@ class ChatSettings:
     use_chat_template: bool = False
     generation_params: dict[str, Any] = field(
         default_factory=lambda: {"do_sample": 1, "temperature": 0.6, "top_p": 0.9})
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> parameters (+ system_prompt)
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,13 @@ def _chat_settings(table: dict, where: str) -> ChatSettings:
         bad = set(params) - _ALLOWED_GEN_PARAMS
         if bad:
             raise RegistryError(f"{where}.chat.generation_params: unknown parameter(s) {', '.join(sorted(bad))}")
+    presets = table.get("presets", {})
+    if not isinstance(presets, dict) or not all(isinstance(p, dict) for p in presets.values()):
+        raise RegistryError(f"{where}.chat.presets: must be a table of tables (name -> parameters)")
+    for name, preset in presets.items():
+        bad = set(preset) - _ALLOWED_GEN_PARAMS - {"system_prompt"}
+        if bad:
+            raise RegistryError(f"{where}.chat.presets.{name}: unknown parameter(s) {', '.join(sorted(bad))}")
     chat = ChatSettings(**table)
     if not isinstance(chat.max_session_length, int) or chat.max_session_length < 1:
         raise RegistryError(f"{where}.chat: max_session_length must be a positive integer")

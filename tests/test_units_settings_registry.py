@@ -89,6 +89,10 @@ def test_default_registry(tmp_path):
      "default model 'x' is not defined"),
     ("[[families]]\nname='A'\n[[families.models]]\nkey='m'\nbackend={repository='r'}\n"
      "chat={generation_params={beams=2}}\n", "unknown parameter(s) beams"),
+    ("[[families]]\nname='A'\n[[families.models]]\nkey='m'\nbackend={repository='r'}\n"
+     "chat={presets={Wild={temperature=2, beams=2}}}\n", "chat.presets.Wild: unknown parameter(s) beams"),
+    ("[[families]]\nname='A'\n[[families.models]]\nkey='m'\nbackend={repository='r'}\n"
+     "chat={presets={Wild=1}}\n", "chat.presets: must be a table of tables"),
 ])
 def test_registry_errors(tmp_path, text, phrase):
     path = tmp_path / "models.toml"

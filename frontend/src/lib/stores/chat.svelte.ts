@@ -213,7 +213,7 @@ export class ChatController {
     let rendered;
     try {
       rendered = this.#renderer(model)(
-        settings.effectiveSystemPrompt(model),
+        conversation.systemPrompt ?? settings.effectiveSystemPrompt(model),
         conversation.messages
           .filter((m) => m !== existing?.message)
           .map((m) => ({ role: m.role, content: m.content })),

@@ -156,6 +156,15 @@ export class ConversationsStore {
     }
   }
 
+  /** Sets this chat's own system prompt (null or empty: the default one). */
+  setSystemPrompt(id: string, prompt: string | null): void {
+    const conversation = this.get(id);
+    if (!conversation) return;
+    if (prompt === null || prompt.trim() === '') delete conversation.systemPrompt;
+    else conversation.systemPrompt = prompt;
+    this.save();
+  }
+
   /** Appends a message and returns its reactive proxy (mutate it to stream text in). */
   addMessage(id: string, message: Omit<ChatMessage, 'id'>): ChatMessage {
     const conversation = this.get(id);

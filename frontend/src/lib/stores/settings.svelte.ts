@@ -14,10 +14,30 @@ export interface EffectiveParams {
 const STORAGE_KEY = 'petals-chat:settings:v1';
 export const DEFAULT_MAX_NEW_TOKENS = 512;
 
+/** A named set of parameter overrides and optionally a system prompt. */
+export interface Preset {
+  name: string;
+  params: Partial<Record<ParamKey, number>>;
+  /** Unset: the model's own system prompt. */
+  systemPrompt?: string;
+  /** Where it comes from: the page ('default'), the model registry, or the user. */
+  source: 'default' | 'model' | 'user';
+}
+
 interface Persisted {
   overrides?: Partial<Record<ParamKey, number>>;
   systemPrompt?: string | null;
   theme?: ThemePreference;
+  presets?: Record<string, Preset[]>;
+}
+
+function numbersOnly(params: Record<string, unknown>): Partial<Record<ParamKey, number>> {
+  const out: Partial<Record<ParamKey, number>> = {};
+  for (const key of PARAM_KEYS) {
+    const value = params[key];
+    if (typeof value === 'number' && Number.isFinite(value)) out[key] = value;
+  }
+  return out;
 }
 
 /**
@@ -29,6 +49,8 @@ export class SettingsStore {
   /** null: the model's own system prompt. */
   systemPrompt = $state<string | null>(null);
   theme = $state<ThemePreference>('system');
+  /** The user's own presets, by model key. */
+  userPresets = $state<Record<string, Preset[]>>({});
 
   readonly #storage: KeyValueStorage;
 
@@ -42,6 +64,17 @@ export class SettingsStore {
       }
       if (typeof saved.systemPrompt === 'string') this.systemPrompt = saved.systemPrompt;
       if (saved.theme === 'light' || saved.theme === 'dark' || saved.theme === 'system') this.theme = saved.theme;
+      for (const [model, presets] of Object.entries(saved.presets ?? {})) {
+        if (!Array.isArray(presets)) continue;
+        this.userPresets[model] = presets
+          .filter((p) => typeof p?.name === 'string' && typeof p.params === 'object' && p.params !== null)
+          .map((p) => ({
+            name: p.name,
+            params: numbersOnly(p.params),
+            ...(typeof p.systemPrompt === 'string' ? { systemPrompt: p.systemPrompt } : {}),
+            source: 'user' as const,
+          }));
+      }
     }
   }
 
@@ -85,6 +118,45 @@ export class SettingsStore {
     this.#save();
   }
 
+  /** The model's defaults, the registry's presets for it, then the user's own. */
+  presetsFor(model: ModelInfo | undefined): Preset[] {
+    const defaults: Preset = { name: 'Model defaults', params: {}, source: 'default' };
+    const fromModel = Object.entries(model?.chat.presets ?? {}).map(([name, p]): Preset => ({
+      name,
+      params: numbersOnly(p),
+      ...(typeof p.system_prompt === 'string' ? { systemPrompt: p.system_prompt } : {}),
+      source: 'model',
+    }));
+    return [defaults, ...fromModel, ...(model ? (this.userPresets[model.key] ?? []) : [])];
+  }
+
+  /** Takes a preset's parameters (the others: the model's defaults) and system prompt. */
+  applyPreset(preset: Preset): void {
+    this.overrides = { ...preset.params };
+    this.systemPrompt = preset.systemPrompt ?? null;
+    this.#save();
+  }
+
+  /** Saves the current parameters and system prompt as a preset of this model (replacing one of that name). */
+  savePreset(modelKey: string, name: string): void {
+    const clean = name.trim();
+    if (!clean) return;
+    const preset: Preset = {
+      name: clean,
+      params: $state.snapshot(this.overrides),
+      ...(this.systemPrompt !== null ? { systemPrompt: this.systemPrompt } : {}),
+      source: 'user',
+    };
+    const others = (this.userPresets[modelKey] ?? []).filter((p) => p.name !== clean);
+    this.userPresets[modelKey] = [...others, preset];
+    this.#save();
+  }
+
+  deletePreset(modelKey: string, name: string): void {
+    this.userPresets[modelKey] = (this.userPresets[modelKey] ?? []).filter((p) => p.name !== name);
+    this.#save();
+  }
+
   setTheme(theme: ThemePreference): void {
     this.theme = theme;
     this.#save();
@@ -101,6 +173,7 @@ export class SettingsStore {
       overrides: $state.snapshot(this.overrides),
       systemPrompt: this.systemPrompt,
       theme: this.theme,
+      presets: $state.snapshot(this.userPresets),
     };
     this.#storage.set(STORAGE_KEY, JSON.stringify(data));
   }

@@ -390,6 +390,48 @@ describe('SettingsStore', () => {
   });
 });
 
+describe('Presets and a system prompt per chat', () => {
+  it('offers the defaults, the registry presets and the user own; applies and persists them', async () => {
+    const storage = new MemoryStorage();
+    const settings = new SettingsStore(storage);
+    const model = {
+      ...REGISTRY.models[0]!,
+      chat: { ...REGISTRY.models[0]!.chat, presets: { Precise: { temperature: 0.1, system_prompt: 'Be brief.' } } },
+    };
+    expect(settings.presetsFor(model).map((p) => [p.name, p.source])).toEqual([
+      ['Model defaults', 'default'],
+      ['Precise', 'model'],
+    ]);
+    settings.applyPreset(settings.presetsFor(model)[1]!);
+    expect(settings.effectiveParams(model).sampling.temperature).toBe(0.1);
+    expect(settings.effectiveSystemPrompt(model)).toBe('Be brief.');
+
+    settings.setParam('top_k', 5);
+    settings.savePreset(model.key, ' Mine ');
+    settings.applyPreset(settings.presetsFor(model)[0]!);
+    expect(settings.effectiveParams(model).sampling.temperature).toBe(0.2);
+    expect(settings.effectiveSystemPrompt(model)).toBe('Be nice.');
+
+    const again = new SettingsStore(storage);
+    const mine = again.presetsFor(model).find((p) => p.name === 'Mine')!;
+    expect(mine).toEqual({ name: 'Mine', params: { temperature: 0.1, top_k: 5 }, systemPrompt: 'Be brief.', source: 'user' });
+    again.deletePreset(model.key, 'Mine');
+    expect(again.presetsFor(model)).toHaveLength(2);
+  });
+
+  it("sends the chat's own system prompt", async () => {
+    const { app, server } = setup(echo);
+    await app.models.load();
+    app.chat.initModel();
+    const conversation = app.conversations.create('smol');
+    app.conversations.setSystemPrompt(conversation.id, 'Talk like a pirate.');
+    await app.chat.send('Hello');
+    expect(server.generates()[0]!.inputs).toContain('<|im_start|>system\nTalk like a pirate.<|im_end|>');
+    app.conversations.setSystemPrompt(conversation.id, '  ');
+    expect(app.conversations.active!.systemPrompt).toBeUndefined();
+  });
+});
+
 describe('ConnectionStore', () => {
   it('computes tokens per second from the first token on', () => {
     let now = 0;

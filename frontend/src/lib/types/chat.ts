@@ -38,6 +38,8 @@ export interface Conversation {
   /** Whether the user renamed it (otherwise the title follows the first message). */
   customTitle: boolean;
   model: string;
+  /** This chat's system prompt (unset: the settings' or the model's). */
+  systemPrompt?: string;
   createdAt: number;
   updatedAt: number;
   messages: ChatMessage[];

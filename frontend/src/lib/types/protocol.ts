@@ -163,6 +163,8 @@ export interface ChatSettings {
   use_chat_template: boolean;
   chat_template: string | null;
   system_prompt: string;
+  /** Named presets from the registry: generation parameters and optionally a system prompt. */
+  presets?: Record<string, GenerationParams & { system_prompt?: string }>;
 }
 
 export interface ModelInfo {
