@@ -57,9 +57,19 @@ def stock_step(block, hidden, cache, prefix):
     return out
 
 
+BUCKETINGS = {
+    "default": batched_llama.length_buckets,
+    "each alone": lambda lengths: [[i] for i in range(len(lengths))],
+    "all padded together": lambda lengths: [list(range(len(lengths)))],
+}
+
+
+@pytest.mark.parametrize("bucketing", BUCKETINGS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_decode_block_matches_petals_path(dtype):
-    """Sessions of different lengths and row counts in one forward give what each gets alone on Petals' path."""
+def test_decode_block_matches_petals_path(dtype, bucketing, monkeypatch):
+    """Sessions of different lengths and row counts in one forward give what each gets alone on Petals' path,
+    whether their attention runs straight over each cache or padded together."""
+    monkeypatch.setattr(batched_llama, "length_buckets", BUCKETINGS[bucketing])
     block = make_block(dtype)
     shapes = [(1, 0), (1, 5), (2, 17), (1, 30)]  # (rows, prefix length)
     hiddens = [torch.randn(rows, 1, HIDDEN).to(dtype) for rows, _ in shapes]
@@ -76,6 +86,13 @@ def test_decode_block_matches_petals_path(dtype):
         torch.testing.assert_close(cache[0][..., :p + 1], ref_cache[0][..., :p + 1], **tol)
         torch.testing.assert_close(cache[1][:, :, :p + 1], ref_cache[1][:, :, :p + 1], **tol)
         assert not cache[0][..., p + 1:].any(), "a step wrote past its own position"
+
+
+def test_length_buckets_bound_padding_waste():
+    assert batched_llama.length_buckets([10, 11, 12, 9]) == [[3, 0, 1, 2]]  # similar lengths: one padded call
+    assert batched_llama.length_buckets([5, 1000, 6]) == [[0, 2], [1]]  # the long one alone, no huge copy
+    groups = batched_llama.length_buckets([100] * 300)
+    assert all(len(g) * 100 <= 16384 for g in groups) and sorted(sum(groups, [])) == list(range(300))
 
 
 def test_supports_only_plain_llama_blocks():

@@ -90,20 +90,23 @@ def make_pool(stock_step, backends, *, max_batch_size: int, device, max_sessions
 
 
 class BatchStats:
-    """Counts of decode steps and forwards, logged when a larger group than ever before runs."""
+    """Counts of decode steps, of forwards and of steps that ran alone; logged when a larger group than ever
+    before runs, and every ``every`` forwards."""
 
-    def __init__(self):
+    def __init__(self, every: int = 2000):
         self.lock = threading.Lock()
-        self.steps = self.forwards = self.largest = 0
+        self.steps = self.forwards = self.largest = self.alone = 0
+        self.every = every
 
     def record(self, sessions: int) -> None:
         with self.lock:
             self.steps += sessions
             self.forwards += 1
-            if sessions > self.largest:
-                self.largest = sessions
-                logger.info("Batched decoding: %d sessions in one forward (%d steps in %d forwards so far)",
-                            sessions, self.steps, self.forwards)
+            self.alone += sessions == 1
+            if sessions > self.largest or self.forwards % self.every == 0:
+                self.largest = max(self.largest, sessions)
+                logger.info("Batched decoding: %d sessions in one forward (%d decode steps in %d forwards so far, "
+                            "%d of them alone)", sessions, self.steps, self.forwards, self.alone)
 
 
 def drain(ordered: queue.PriorityQueue, accept, limit: int) -> list:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from types import SimpleNamespace
 
 import torch
 from petals.server.task_pool import PrioritizedTaskPool, Task, _move_to_device_if_tensor
@@ -156,6 +157,8 @@ class BatchedStep:
     def __call__(self, *args):
         if len(args) == 1 and isinstance(args[0], Group):
             return self.run_group(args[0])
+        if decode_key(SimpleNamespace(args=args)) is not None:
+            self.stats.record(1)
         return self.stock_step(*args)
 
     def run_group(self, group: Group) -> GroupResult:
