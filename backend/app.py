@@ -48,7 +48,25 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
     app.config["PETALS_CHAT_DEBUG"] = settings.debug
     app_state = AppState(settings=settings, metrics=Metrics(), registry=registry)
     app.extensions[EXTENSION] = app_state
+    _register_blueprints(app, settings)
 
+    @app.before_serving
+    async def start_engine() -> None:
+        ws_compression.configure(settings.ws_compression)  # Hypercorn always offers it otherwise
+        nonlocal engine
+        if engine is None:
+            engine = _build_engine(settings, registry)
+        _start_services(app_state, engine)
+
+    @app.after_serving
+    async def stop_engine() -> None:
+        await _stop_services(app_state)
+
+    _install_request_hooks(app, app_state)
+    return app
+
+
+def _register_blueprints(app: Quart, settings: Settings) -> None:
     # The HTTP APIs get CORS through a parent blueprint made per app (so create_app can run twice).
     http_apis = Blueprint("http", __name__)
     for blueprint in (http_api.blueprint, ops.blueprint, openai_routes.blueprint, openapi_blueprint):
@@ -58,43 +76,50 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
     app.register_blueprint(static.blueprint)
     http_errors.register(app)
 
-    @app.before_serving
-    async def start_engine() -> None:
-        ws_compression.configure(settings.ws_compression)  # Hypercorn always offers it otherwise
-        nonlocal engine
-        if engine is None:
-            from .engine.petals_engine import PetalsEngine
 
-            engine = PetalsEngine(list(registry.models), initial_peers=settings.initial_peers,
-                                  device=settings.device, dtype=settings.dtype,
-                                  request_timeout=settings.request_timeout, max_retries=settings.max_retries,
-                                  max_concurrent_generations=settings.max_concurrent_generations,
-                                  client_config=_client_config(settings))
-        app_state.engine = engine
-        loader = ModelLoader(engine, [spec.key for spec in registry.models],
-                             min_backoff=settings.model_retry_backoff, max_backoff=settings.model_retry_max_backoff,
-                             progress=lambda msg: logger.info(msg))
-        app_state.service = GenerationService(
-            engine, registry, _limiter(settings), app_state.metrics, max_new_tokens_limit=settings.max_new_tokens_limit,
-            max_input_chars=settings.max_input_chars, max_input_tokens=settings.max_input_tokens,
-            default_max_tokens=settings.default_max_tokens,
-            log_prompts=settings.log_prompts, check_ready=loader.check)
-        app_state.shutdown = ShutdownWatch(settings.graceful_timeout)
-        app_state.shutdown.install()
-        app_state.resumable = ResumableSessions(settings.reattach_window)
-        app_state.loader = loader
-        loader.start()
+def _build_engine(settings: Settings, registry):
+    """The Petals engine for the registry's models (imported only when the app serves without a given engine)."""
+    from .engine.petals_engine import PetalsEngine
 
-    @app.after_serving
-    async def stop_engine() -> None:
-        if app_state.shutdown is not None:
-            app_state.shutdown.close()
-        if app_state.resumable is not None:  # detached sessions: their generations end now
-            await app_state.resumable.close_all()
-        if app_state.loader is not None:  # no retry may start once the engine is shut down
-            await asyncio.to_thread(app_state.loader.stop)
-        if app_state.engine is not None:
-            app_state.engine.shutdown()
+    return PetalsEngine(list(registry.models), initial_peers=settings.initial_peers,
+                        device=settings.device, dtype=settings.dtype,
+                        request_timeout=settings.request_timeout, max_retries=settings.max_retries,
+                        max_concurrent_generations=settings.max_concurrent_generations,
+                        client_config=_client_config(settings))
+
+
+def _start_services(app_state: AppState, engine) -> None:
+    """Wire the engine, the generation service, the shutdown watch and resumable sessions; start loading models."""
+    settings, registry = app_state.settings, app_state.registry
+    app_state.engine = engine
+    loader = ModelLoader(engine, [spec.key for spec in registry.models],
+                         min_backoff=settings.model_retry_backoff, max_backoff=settings.model_retry_max_backoff,
+                         progress=lambda msg: logger.info(msg))
+    app_state.service = GenerationService(
+        engine, registry, _limiter(settings), app_state.metrics, max_new_tokens_limit=settings.max_new_tokens_limit,
+        max_input_chars=settings.max_input_chars, max_input_tokens=settings.max_input_tokens,
+        default_max_tokens=settings.default_max_tokens,
+        log_prompts=settings.log_prompts, check_ready=loader.check)
+    app_state.shutdown = ShutdownWatch(settings.graceful_timeout)
+    app_state.shutdown.install()
+    app_state.resumable = ResumableSessions(settings.reattach_window)
+    app_state.loader = loader
+    loader.start()
+
+
+async def _stop_services(app_state: AppState) -> None:
+    if app_state.shutdown is not None:
+        app_state.shutdown.close()
+    if app_state.resumable is not None:  # detached sessions: their generations end now
+        await app_state.resumable.close_all()
+    if app_state.loader is not None:  # no retry may start once the engine is shut down
+        await asyncio.to_thread(app_state.loader.stop)
+    if app_state.engine is not None:
+        app_state.engine.shutdown()
+
+
+def _install_request_hooks(app: Quart, app_state: AppState) -> None:
+    """Request id and timing in; security headers, the request counter and the access log line out."""
 
     @app.before_request
     async def remember_start() -> None:
@@ -114,8 +139,6 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
         logger.info("%s %s %d %.1fms request_id=%s", request.method, request.path, response.status_code,
                     (time.perf_counter() - g.started) * 1000, g.request_id)
         return response
-
-    return app
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")

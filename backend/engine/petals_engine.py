@@ -205,49 +205,58 @@ class PetalsEngine:
                 self._status[key].error = f"{type(e).__name__}: {e}".splitlines()[0]
             raise
         for key in keys:
-            spec = self._specs[key]
-            status = self._status[key]
-            if self._closed:
+            if self._closed or not self._load_one(key, AutoDistributedModelForCausalLM, AutoTokenizer, progress):
                 return
-            model = None
-            try:
-                if progress:
-                    progress(f"loading {key} from {spec.repository}")
-                tokenizer = AutoTokenizer.from_pretrained(spec.repository)
-                dtype = resolve_dtype(self._dtype_policy, self.device)
-                kwargs: dict[str, Any] = dict(initial_peers=self._initial_peers or None,
-                                              torch_dtype=dtype,
-                                              request_timeout=self._request_timeout,
-                                              max_retries=self._max_retries or None)
-                kwargs.update(self._client_config)
-                if spec.dht_prefix:
-                    kwargs["dht_prefix"] = spec.dht_prefix
-                if spec.adapter:
-                    kwargs["active_adapter"] = spec.adapter
-                if not self._initial_peers:
-                    kwargs.pop("initial_peers")
-                model = AutoDistributedModelForCausalLM.from_pretrained(spec.repository, **kwargs)
-                model = model.to(self.device)
-                model.eval()
-                coalesced_head.install(model)  # concurrent sessions share one LM-head matmul per token
-                eos = tokenizer.eos_token_id
-                loaded = _Loaded(spec=spec, tokenizer=tokenizer, model=model, eos_token_id=eos)
-                with self._lock:
-                    if self._closed:  # shut down while this model loaded: it must not outlive the app
-                        _stop_dht(model)
-                        return
-                    self._loaded[key] = loaded
-                status.chat_template = getattr(tokenizer, "chat_template", None)
-                status.details = {"dtype": str(dtype).replace("torch.", ""), "device": self.device,
-                                  "blocks": int(model.config.num_hidden_layers)}
-                status.ready = True
-                status.error = None
-                logger.info("model %s ready (device=%s, dtype=%s)", key, self.device, dtype)
-            except Exception as e:  # one bad entry must not take the others down
-                if model is not None:
+
+    def _load_one(self, key: str, model_class: Any, tokenizer_class: Any,
+                  progress: Callable[[str], None] | None) -> bool:
+        """Load one model and mark it ready, or record its one-line error; False once the engine shut down meanwhile."""
+        spec = self._specs[key]
+        status = self._status[key]
+        model = None
+        try:
+            if progress:
+                progress(f"loading {key} from {spec.repository}")
+            tokenizer = tokenizer_class.from_pretrained(spec.repository)
+            dtype = resolve_dtype(self._dtype_policy, self.device)
+            model = model_class.from_pretrained(spec.repository, **self._model_kwargs(spec, dtype))
+            model = model.to(self.device)
+            model.eval()
+            coalesced_head.install(model)  # concurrent sessions share one LM-head matmul per token
+            eos = tokenizer.eos_token_id
+            loaded = _Loaded(spec=spec, tokenizer=tokenizer, model=model, eos_token_id=eos)
+            with self._lock:
+                if self._closed:  # shut down while this model loaded: it must not outlive the app
                     _stop_dht(model)
-                status.error = f"{type(e).__name__}: {e}".splitlines()[0]
-                logger.warning("model %s failed to load: %s", key, status.error)
+                    return False
+                self._loaded[key] = loaded
+            status.chat_template = getattr(tokenizer, "chat_template", None)
+            status.details = {"dtype": str(dtype).replace("torch.", ""), "device": self.device,
+                              "blocks": int(model.config.num_hidden_layers)}
+            status.ready = True
+            status.error = None
+            logger.info("model %s ready (device=%s, dtype=%s)", key, self.device, dtype)
+        except Exception as e:  # one bad entry must not take the others down
+            if model is not None:
+                _stop_dht(model)
+            status.error = f"{type(e).__name__}: {e}".splitlines()[0]
+            logger.warning("model %s failed to load: %s", key, status.error)
+        return True
+
+    def _model_kwargs(self, spec: ModelSpec, dtype: Any) -> dict[str, Any]:
+        """from_pretrained's arguments for one registry entry."""
+        kwargs: dict[str, Any] = dict(initial_peers=self._initial_peers or None,
+                                      torch_dtype=dtype,
+                                      request_timeout=self._request_timeout,
+                                      max_retries=self._max_retries or None)
+        kwargs.update(self._client_config)
+        if spec.dht_prefix:
+            kwargs["dht_prefix"] = spec.dht_prefix
+        if spec.adapter:
+            kwargs["active_adapter"] = spec.adapter
+        if not self._initial_peers:
+            kwargs.pop("initial_peers")
+        return kwargs
 
     def shutdown(self) -> None:
         """Close sessions and stop each model's DHT process and p2pd (nothing may outlive the app)."""
@@ -408,26 +417,7 @@ class PetalsEngine:
     async def stream(self, session: PetalsSession, inputs: str | None, params: SamplingParams, *,
                      max_new_tokens: int, stop_sequences: list[str]) -> AsyncIterator[Chunk]:
         """Generate up to ``max_new_tokens`` tokens in ``session``; yield chunks as tokens arrive."""
-        if session.closed:
-            raise BadRequest("The inference session is closed; open a new one")
-        if session.busy is not None and not session.busy.done():
-            raise BadRequest("A generation is already running in this session")
-        if self._running >= self._max_generations:
-            raise Busy("Server is busy: too many generations running, retry later")
-        loaded = self._get(session.model_key)
-        # a long input takes a while to tokenize: never on the event loop (the tokenizer releases the GIL)
-        if isinstance(inputs, list):  # token ids (the OpenAI API's token-id prompts)
-            input_ids = inputs
-        else:
-            input_ids = await asyncio.to_thread(self.token_ids, session.model_key, inputs) if inputs else []
-        if not input_ids and session.length == 0:
-            raise BadRequest("inputs are required for the first generation of a session")
-        used = session.length + len(input_ids)
-        budget = min(max_new_tokens, session.max_length - used)
-        if budget <= 0:
-            raise LengthExceeded(f"{MAX_LENGTH_EXCEEDED}: the session holds {session.length} tokens, the request "
-                                 f"adds {len(input_ids)} and asks for more, but its max_length is {session.max_length}")
-
+        loaded, input_ids, budget = await self._plan(session, inputs, max_new_tokens)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         session.cancel.clear()
@@ -439,20 +429,8 @@ class PetalsEngine:
         processors = [_float32_scores, *([recorder] if recorder else []), *params.logits_processors]
 
         def run() -> None:
-            import torch
-            from transformers import LogitsProcessorList, StoppingCriteriaList
-
             try:
-                if params.grammar is not None:  # built here: a grammar takes milliseconds to compile
-                    processors.append(grammar.GrammarProcessor(loaded.tokenizer, params.grammar))
-                ids = torch.tensor([input_ids], dtype=torch.long) if input_ids else None
-                if params.seed is not None:
-                    torch.manual_seed(params.seed)
-                with torch.inference_mode():
-                    loaded.model.generate(ids, session=session.inner, max_new_tokens=budget, streamer=streamer,
-                                          stopping_criteria=StoppingCriteriaList([streamer]),
-                                          logits_processor=LogitsProcessorList(processors),
-                                          pad_token_id=loaded.eos_token_id, **params.generate_kwargs())
+                _generate(loaded, session, input_ids, params, budget, streamer, processors)
                 if streamer.finished is None:  # generate() stopped by itself (e.g. its own max_length)
                     tail = detok.flush()
                     loop.call_soon_threadsafe(queue.put_nowait, Chunk(text=tail, tokens=0, finish_reason="length"))
@@ -477,6 +455,30 @@ class PetalsEngine:
             if not session.busy.done():  # the session is usable again only once generate() returned
                 await asyncio.wait({session.busy})
 
+    async def _plan(self, session: PetalsSession, inputs: str | None,
+                    max_new_tokens: int) -> tuple[_Loaded, list[int], int]:
+        """Check the session can generate now; the model, the input's token ids and the token budget."""
+        if session.closed:
+            raise BadRequest("The inference session is closed; open a new one")
+        if session.busy is not None and not session.busy.done():
+            raise BadRequest("A generation is already running in this session")
+        if self._running >= self._max_generations:
+            raise Busy("Server is busy: too many generations running, retry later")
+        loaded = self._get(session.model_key)
+        # a long input takes a while to tokenize: never on the event loop (the tokenizer releases the GIL)
+        if isinstance(inputs, list):  # token ids (the OpenAI API's token-id prompts)
+            input_ids = inputs
+        else:
+            input_ids = await asyncio.to_thread(self.token_ids, session.model_key, inputs) if inputs else []
+        if not input_ids and session.length == 0:
+            raise BadRequest("inputs are required for the first generation of a session")
+        used = session.length + len(input_ids)
+        budget = min(max_new_tokens, session.max_length - used)
+        if budget <= 0:
+            raise LengthExceeded(f"{MAX_LENGTH_EXCEEDED}: the session holds {session.length} tokens, the request "
+                                 f"adds {len(input_ids)} and asks for more, but its max_length is {session.max_length}")
+        return loaded, input_ids, budget
+
     def _done_running(self) -> None:
         self._running -= 1
 
@@ -485,6 +487,24 @@ def _float32_scores(input_ids, scores):
     """A logits processor (it runs before temperature and top-p): sampling computes in float32, so a small
     temperature cannot overflow half-precision logits into inf/nan."""
     return scores.float()
+
+
+def _generate(loaded: _Loaded, session: PetalsSession, input_ids: list[int], params: SamplingParams, budget: int,
+              streamer: _TokenStreamer, processors: list) -> None:
+    """Run transformers' generate() in the Petals session (blocking: on a worker thread); tokens go to ``streamer``."""
+    import torch
+    from transformers import LogitsProcessorList, StoppingCriteriaList
+
+    if params.grammar is not None:  # built here: a grammar takes milliseconds to compile
+        processors.append(grammar.GrammarProcessor(loaded.tokenizer, params.grammar))
+    ids = torch.tensor([input_ids], dtype=torch.long) if input_ids else None
+    if params.seed is not None:
+        torch.manual_seed(params.seed)
+    with torch.inference_mode():
+        loaded.model.generate(ids, session=session.inner, max_new_tokens=budget, streamer=streamer,
+                              stopping_criteria=StoppingCriteriaList([streamer]),
+                              logits_processor=LogitsProcessorList(processors),
+                              pad_token_id=loaded.eos_token_id, **params.generate_kwargs())
 
 
 def _stop_dht(model: Any) -> None:
