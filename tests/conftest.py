@@ -113,6 +113,12 @@ def write_registry(folder: Path, model_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def registry(tmp_path) -> Path:
+    """The test registry for in-process apps on the fake engine (which never reads the weights)."""
+    return write_registry(tmp_path, tmp_path / "no-weights")
+
+
 @pytest.fixture(scope="session")
 def test_registry(tmp_path_factory, tiny_model) -> Path:
     return write_registry(tmp_path_factory.mktemp("registry"), tiny_model)

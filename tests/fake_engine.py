@@ -92,3 +92,18 @@ def in_process_app(engine, registry_path, **settings):
     from backend.settings import load_settings
 
     return create_app(load_settings(environ={}, models=registry_path, **settings), engine=engine)
+
+
+def run_in_app(app, scenario):
+    """Run ``await scenario(test_client)`` inside ``app``'s serving lifecycle (Quart's test app); its result."""
+
+    async def main():
+        async with app.test_app() as test_app:
+            return await scenario(test_app.test_client())
+
+    return asyncio.run(main())
+
+
+def swarm_errors(app) -> float:
+    """The app's petals_chat_swarm_errors_total."""
+    return app.extensions["petals_chat"].metrics.registry.get_sample_value("petals_chat_swarm_errors_total")

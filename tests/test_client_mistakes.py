@@ -7,13 +7,11 @@ the same ``generate()`` call the engine makes) and the tokenizer checks (the emb
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 
 import pytest
-from conftest import write_registry
-from fake_engine import FakeEngine, in_process_app
+from fake_engine import FakeEngine, in_process_app, run_in_app, swarm_errors
 
 from backend import protocol
 from backend.app import safe_request_id
@@ -25,23 +23,6 @@ pytestmark = pytest.mark.timeout(120)
 
 DEEP = "[" * 100_000 + "]" * 100_000
 DEEP_OBJECT = '{"model": "tiny", "x": ' + "[" * 100 + "]" * 100 + "}"  # under the parser's limit, over ours
-
-
-@pytest.fixture
-def registry(tmp_path):
-    return write_registry(tmp_path, tmp_path / "no-weights")
-
-
-def _run(app, scenario):
-    async def main():
-        async with app.test_app() as test_app:
-            return await scenario(test_app.test_client())
-
-    return asyncio.run(main())
-
-
-def _swarm_errors(app) -> float:
-    return app.extensions["petals_chat"].metrics.registry.get_sample_value("petals_chat_swarm_errors_total")
 
 
 @pytest.mark.parametrize("field", ["temperature", "repetition_penalty", "top_p"])
@@ -61,11 +42,11 @@ def test_extreme_sampling_values_are_refused_on_both_legacy_apis_naming_the_fiel
             frame = json.loads(await ws.receive())
         return http.status_code, await http.get_json(), opened, frame
 
-    status, reply, opened, frame = _run(app, scenario)
+    status, reply, opened, frame = run_in_app(app, scenario)
     assert status == 400 and reply["code"] == "bad_request" and field in reply["traceback"], reply
     assert opened["ok"] and frame["ok"] is False and frame["code"] == "bad_request" and field in frame["traceback"]
     assert "\n" not in reply["traceback"] + frame["traceback"]
-    assert _swarm_errors(app) == 0
+    assert swarm_errors(app) == 0
 
 
 def _extremes():
@@ -135,9 +116,9 @@ def test_a_numerical_failure_mid_stream_is_a_400_frame_not_a_swarm_error(registr
             frame = json.loads(await ws.receive())
         return http.status_code, frame
 
-    status, frame = _run(app, scenario)
+    status, frame = run_in_app(app, scenario)
     assert status == 400 and frame["code"] == "bad_request" and "session was closed" in frame["traceback"]
-    assert _swarm_errors(app) == 0 and engine.open_sessions == 0
+    assert swarm_errors(app) == 0 and engine.open_sessions == 0
 
 
 @pytest.mark.parametrize("body", [DEEP, DEEP_OBJECT, b'{"model": "tiny", "inputs": "\xff\xfe"}'])
@@ -157,7 +138,7 @@ def test_nested_or_non_utf8_json_is_a_one_line_400_on_every_route(registry, body
             still_works = json.loads(await ws.receive())
         return replies, frame, still_works
 
-    replies, frame, still_works = _run(app, scenario)
+    replies, frame, still_works = run_in_app(app, scenario)
     for status, reply in replies:
         message = reply.get("traceback") or reply["error"]["message"]
         assert status == 400 and "malformed JSON" in message and "\n" not in message, reply
@@ -178,7 +159,7 @@ def test_request_ids_are_echoed_only_when_safe(registry):
             answers.append(response.headers["X-Request-ID"])
         return answers
 
-    kept, escaped, long = _run(app, scenario)
+    kept, escaped, long = run_in_app(app, scenario)
     assert kept == "req-1_2.3:4"
     for replaced in (escaped, long):
         assert safe_request_id(replaced) == replaced and len(replaced) == 16

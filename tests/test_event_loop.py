@@ -14,17 +14,11 @@ import json
 import threading
 
 import pytest
-from conftest import write_registry
-from fake_engine import FakeEngine, in_process_app
+from fake_engine import FakeEngine, in_process_app, run_in_app
 
 pytestmark = pytest.mark.timeout(120)
 
 HUGE = "x" * 200_000  # over the default 16384-token limit of the fake (one token per character)
-
-
-@pytest.fixture
-def registry(tmp_path):
-    return write_registry(tmp_path, tmp_path / "no-weights")
 
 
 class _SlowTokenizer:
@@ -77,7 +71,7 @@ def test_small_requests_are_served_while_a_huge_input_is_tokenized(registry, nam
         response = await huge
         return started, small, response.status_code, await response.get_json()
 
-    started, small, status, reply = _run(app, scenario)
+    started, small, status, reply = run_in_app(app, scenario)
     assert started and small == [200, {"ok": True}]
     assert slow.released and all(slow.released), "the small requests waited for the tokenization"
     assert threading.main_thread().name not in slow.threads
@@ -101,7 +95,7 @@ def test_socket_inputs_are_tokenized_off_the_loop_and_refused_early(registry):
             slow.release.set()
             return started, small, json.loads(await ws.receive())
 
-    started, small, frame = _run(app, scenario)
+    started, small, frame = run_in_app(app, scenario)
     assert started and small == [200, {"ok": True}] and all(slow.released)
     assert frame["code"] == "too_large" and "more than" in frame["traceback"], frame
     assert sum(counted) < len(HUGE * 4) / 2  # refused on a prefix: most of the text was never tokenized
@@ -119,7 +113,7 @@ def test_a_hundred_thousand_messages_are_refused_before_validation(registry, pat
         response = await client.post(path, json=body)
         return response.status_code, await response.get_json()
 
-    status, reply = _run(app, scenario)
+    status, reply = run_in_app(app, scenario)
     message = reply.get("traceback") or reply["error"]["message"]
     assert status == 413 and "100000 items, limit 2048" in message and not calls, reply
 
@@ -133,13 +127,5 @@ def test_many_small_values_are_refused_too(registry):
         ok = await client.post("/api/v1/generate", json={**body, "a": [[1] * 16] * 8})
         return response.status_code, await response.get_json(), ok.status_code
 
-    status, reply, ok_status = _run(app, scenario)
+    status, reply, ok_status = run_in_app(app, scenario)
     assert status == 413 and "too many JSON values" in reply["traceback"] and ok_status != 413
-
-
-def _run(app, scenario):
-    async def main():
-        async with app.test_app() as test_app:
-            return await scenario(test_app.test_client())
-
-    return asyncio.run(main())

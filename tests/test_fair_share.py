@@ -6,12 +6,10 @@ reserve every token or hold many idle sessions, a socket session that never gene
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
-from conftest import write_registry
-from fake_engine import FakeEngine, in_process_app
+from fake_engine import FakeEngine, in_process_app, run_in_app
 
 from backend.errors import Busy
 from backend.services.limits import SessionLimiter
@@ -20,19 +18,6 @@ from backend.services.planning import Budget
 pytestmark = pytest.mark.timeout(60)
 
 A, B = ("127.0.0.2", 40000), ("127.0.0.3", 40000)
-
-
-@pytest.fixture
-def registry(tmp_path):
-    return write_registry(tmp_path, tmp_path / "no-weights")
-
-
-def _run(app, scenario):
-    async def main():
-        async with app.test_app() as test_app:
-            return await scenario(test_app.test_client())
-
-    return asyncio.run(main())
 
 
 def _limiter(app) -> SessionLimiter:
@@ -62,7 +47,7 @@ def test_one_address_cannot_reserve_every_token(registry):
         finally:
             await _close_all(sockets)
 
-    first, over, small, other = _run(app, scenario)
+    first, over, small, other = run_in_app(app, scenario)
     assert first == small == other == {"ok": True}
     assert over["ok"] is False and over["code"] == "busy" and "reserve 2048 tokens" in over["traceback"], over
 
@@ -84,7 +69,7 @@ def test_idle_sessions_per_address_are_capped_and_generating_ones_do_not_count(r
         await _close_all([*sockets, third, other, fourth])
         return third[2], other[2], http.status_code, first_token, fourth[2]
 
-    third, other, http_status, first_token, fourth = _run(app, scenario)
+    third, other, http_status, first_token, fourth = run_in_app(app, scenario)
     assert third["ok"] is False and third["code"] == "busy" and "2 idle sessions" in third["traceback"], third
     assert other == {"ok": True} and http_status != 429
     assert first_token["outputs"] == "a" and fourth == {"ok": True}
@@ -101,7 +86,7 @@ def test_a_session_that_never_generates_is_reclaimed(registry):
         await ws.__aexit__(None, None, None)
         return opened, held, frame, left
 
-    opened, held, frame, left = _run(app, scenario)
+    opened, held, frame, left = run_in_app(app, scenario)
     assert opened == {"ok": True} and held == 1
     assert frame["code"] == "idle_timeout" and "not used within 0.2 seconds" in frame["traceback"], frame
     assert left == 0
@@ -123,7 +108,7 @@ def test_v1_without_max_tokens_reserves_the_prompt_and_a_default(registry):
         await client.post("/v1/completions", json={"model": "tiny", "prompt": "hello"})
         await client.post("/v1/completions", json={"model": "tiny", "prompt": "hello", "max_tokens": 7})
 
-    _run(app, scenario)
+    run_in_app(app, scenario)
     assert reserved == [5 + 100, 5 + 7]  # the fake counts one token per character
     assert Budget().completion_tokens(None, None, prompt_tokens=10, context=8192, param="max_tokens",
                                       prompt_param="prompt") == 1024  # not the whole context

@@ -12,7 +12,7 @@ import threading
 import time
 
 import pytest
-from conftest import REPO, write_registry
+from conftest import REPO
 from fake_engine import FakeEngine, in_process_app
 
 from backend.services.model_loader import ModelLoader, backoff
@@ -21,11 +21,6 @@ from backend.settings import SettingsError, load_settings, parse_cli
 pytestmark = pytest.mark.timeout(60)
 
 OFFLINE = "OSError: cannot reach the weights offline"  # the fake engine's load error
-
-
-@pytest.fixture
-def registry(tmp_path):
-    return write_registry(tmp_path, tmp_path / "no-weights")  # the fake engine never reads the weights
 
 
 async def _poll(client, path: str, done, timeout: float = 20):

@@ -5,12 +5,10 @@ In-process (Quart's test client) on the shared fake engine: its stream yields 'a
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
-from conftest import write_registry
-from fake_engine import FakeEngine, in_process_app
+from fake_engine import FakeEngine, in_process_app, run_in_app, swarm_errors
 
 from backend.errors import CacheFull, SwarmError
 
@@ -32,23 +30,6 @@ class FailingEngine(FakeEngine):
         raise self.error
 
 
-@pytest.fixture
-def registry(tmp_path):
-    return write_registry(tmp_path, tmp_path / "no-weights")
-
-
-def _run(app, scenario):
-    async def main():
-        async with app.test_app() as test_app:
-            return await scenario(test_app.test_client())
-
-    return asyncio.run(main())
-
-
-def _swarm_errors(app) -> float:
-    return app.extensions["petals_chat"].metrics.registry.get_sample_value("petals_chat_swarm_errors_total")
-
-
 @pytest.mark.parametrize("body, status, code", [
     ({"inputs": "x", "max_new_tokens": 2}, 400, "bad_request"),
     ({"model": "nope", "inputs": "x", "max_new_tokens": 2}, 404, "unknown_model"),
@@ -63,7 +44,7 @@ def test_http_errors_have_a_code(registry, body, status, code):
         response = await client.post("/api/v1/generate", json=body)
         return response.status_code, await response.get_json()
 
-    got_status, reply = _run(app, scenario)
+    got_status, reply = run_in_app(app, scenario)
     assert (got_status, reply["ok"], reply["code"]) == (status, False, code), reply
     assert "\n" not in reply["traceback"]
 
@@ -76,7 +57,7 @@ def test_http_not_ready_and_framework_errors_have_a_code(registry):
         missing = await client.post("/api/v1/nothing")
         return (loading.status_code, await loading.get_json()), (missing.status_code, await missing.get_json())
 
-    (status, loading), (missing_status, missing) = _run(app, scenario)
+    (status, loading), (missing_status, missing) = run_in_app(app, scenario)
     assert status == 503 and loading["code"] == "not_ready"
     assert missing_status == 404 and missing["code"] == "not_found"
 
@@ -87,7 +68,7 @@ def test_debug_appends_the_traceback(registry):
     async def scenario(client):
         return await (await client.post("/api/v1/generate", json={"model": "nope", "max_new_tokens": 1})).get_json()
 
-    reply = _run(app, scenario)
+    reply = run_in_app(app, scenario)
     assert reply["code"] == "unknown_model" and "\nTraceback (most recent call last)" in reply["traceback"]
 
 
@@ -102,12 +83,12 @@ def test_http_stream_failure_is_a_coded_frame_then_done(registry, error, code):
                                                                "stream": True})
         return await response.get_data(as_text=True)
 
-    events = [e[len("data: "):] for e in _run(app, scenario).split("\n\n") if e]
+    events = [e[len("data: "):] for e in run_in_app(app, scenario).split("\n\n") if e]
     assert events[-1] == "[DONE]"
     frames = [json.loads(e) for e in events[:-1]]
     assert [f.get("outputs") for f in frames[:-1]] == ["a", "b"]
     assert frames[-1]["ok"] is False and frames[-1]["code"] == code
-    assert _swarm_errors(app) == 1
+    assert swarm_errors(app) == 1
 
 
 def test_websocket_errors_have_a_code_and_swarm_failures_count_once(registry):
@@ -126,8 +107,8 @@ def test_websocket_errors_have_a_code_and_swarm_failures_count_once(registry):
                 replies.append(reply)
         return replies
 
-    replies = _run(app, scenario)
+    replies = run_in_app(app, scenario)
     codes = [r.get("code") for r in replies if not r["ok"]]
     assert codes == ["bad_request", "unknown_model", "cache_full"], replies
     assert "the inference session was closed" in replies[-1]["traceback"]
-    assert _swarm_errors(app) == 1 and engine.open_sessions == 0
+    assert swarm_errors(app) == 1 and engine.open_sessions == 0

@@ -9,7 +9,6 @@ import asyncio
 import json
 
 import pytest
-from conftest import write_registry
 from fake_engine import FakeEngine, in_process_app
 
 from backend.routes.common import host_name, trusted_hosts
@@ -20,11 +19,6 @@ pytestmark = pytest.mark.timeout(60)
 REBINDING = {"Host": "evil.example:5000", "Origin": "http://evil.example:5000"}
 LOOPBACK = {"Host": "127.0.0.1:5000", "Origin": "http://127.0.0.1:5000"}
 NAMED = {"Host": "chat.example.org", "Origin": "http://chat.example.org"}
-
-
-@pytest.fixture
-def registry(tmp_path):
-    return write_registry(tmp_path, tmp_path / "no-weights")
 
 
 def _privileges(app, headers: dict) -> tuple[int, list[str], dict]:

@@ -9,8 +9,7 @@ import asyncio
 import json
 
 import pytest
-from conftest import write_registry
-from fake_engine import FakeEngine, in_process_app
+from fake_engine import FakeEngine, in_process_app, run_in_app
 
 from backend.engine.types import Chunk
 
@@ -41,19 +40,6 @@ class SlowEngine(FakeEngine):
         yield Chunk(text="###", tokens=1, finish_reason="stop", matched_stop="###")
 
 
-@pytest.fixture
-def registry(tmp_path):
-    return write_registry(tmp_path, tmp_path / "no-weights")
-
-
-def _run(app, scenario):
-    async def main():
-        async with app.test_app() as test_app:
-            return await scenario(test_app.test_client())
-
-    return asyncio.run(main())
-
-
 OPEN = {"type": "open_inference_session", "model": "tiny", "max_length": 256, "resumable": True}
 REPLAY = {"ok": True, "outputs": "", "stop": False, "token_count": 0, "replay": True}
 GENERATE = {"type": "generate", "inputs": "hi", "max_new_tokens": 1, "stop_sequence": "###"}
@@ -81,7 +67,7 @@ def test_open_without_resumable_is_unchanged(registry):
             await ws.send(json.dumps(GENERATE))
             return ack, await _until_stop(ws)
 
-    ack, frames = _run(app, scenario)
+    ack, frames = run_in_app(app, scenario)
     assert ack == {"ok": True}
     assert "".join(f["outputs"] for f in frames) == ANSWER
     assert all(set(f) == {"ok", "outputs", "stop", "token_count"} for f in frames)
@@ -109,7 +95,7 @@ def test_reattach_mid_answer_replays_what_was_missed_and_goes_on(registry):
             again = await _until_stop(ws)
         return ack, first, reattached, rest, again
 
-    ack, first, reattached, rest, again = _run(app, scenario)
+    ack, first, reattached, rest, again = run_in_app(app, scenario)
     assert ack["ok"] and len(ack["resume_token"]) > 20
     assert "".join(f["outputs"] for f in first) == "".join(TOKENS[:3])
     assert reattached == {"ok": True, "resume_token": ack["resume_token"], "generating": True, "generations": 1}
@@ -135,7 +121,7 @@ def test_reattach_after_the_answer_finished_gets_it_whole(registry):
             await ws.send(json.dumps({"type": "reattach", "resume_token": token}))
             return await _recv(ws), await _until_stop(ws)
 
-    ack, frames = _run(app, scenario)
+    ack, frames = run_in_app(app, scenario)
     assert ack["generating"] is False and ack["generations"] == 1
     assert frames[0] == REPLAY
     assert "".join(f["outputs"] for f in frames) == ANSWER and frames[-1]["stop"] is True
@@ -160,7 +146,7 @@ def test_an_unknown_or_expired_token_is_an_error_and_the_session_is_closed(regis
             expired = await _recv(ws)
         return unknown, expired, open_after
 
-    unknown, expired, open_after = _run(app, scenario)
+    unknown, expired, open_after = run_in_app(app, scenario)
     for reply in (unknown, expired):
         assert reply["ok"] is False and reply["code"] == "session_expired"
         assert "Session expired" in reply["traceback"]
@@ -184,7 +170,7 @@ def test_cancel_stops_the_generation_and_closes_the_session(registry):
             await ws.send(json.dumps({"type": "reattach", "resume_token": token}))
             return sessions, await _recv(ws)
 
-    sessions, reply = _run(app, scenario)
+    sessions, reply = run_in_app(app, scenario)
     assert sessions == 0 and engine.cancelled == 1
     assert reply["code"] == "session_expired"
 
@@ -205,7 +191,7 @@ def test_a_second_socket_takes_the_session_over(registry):
                 frames = await _until_stop(new)
             return frames
 
-    frames = _run(app, scenario)
+    frames = run_in_app(app, scenario)
     assert frames[0] == REPLAY
     assert "".join(f["outputs"] for f in frames) == ANSWER
     assert engine.cancelled == 0
