@@ -163,8 +163,6 @@ def free_port() -> int:
 def start_backend(tmp: Path, env_extra: dict[str, str], timeout: float = 180, all_models: bool = True) -> LiveServer:
     """``python -m backend`` on a free port; returns once /healthz is 200 and, with ``all_models``, every model is
     ready (/healthz turns 200 as soon as one model is)."""
-    import json
-
     port = free_port()
     log = tmp / "backend.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
@@ -173,20 +171,33 @@ def start_backend(tmp: Path, env_extra: dict[str, str], timeout: float = 180, al
     process = subprocess.Popen([sys.executable, "-m", "backend"], cwd=REPO, env=env,
                                stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process, log, timeout, all_models=all_models)
+    except TimeoutError:
+        process.kill()
+        raise
+    return LiveServer(url=url, ws_url=f"ws://127.0.0.1:{port}", process=process, log=log)
+
+
+def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 180, *, all_models: bool = False,
+                 context=None) -> None:
+    """Poll ``url``/healthz until it is 200 (and, with ``all_models``, every model is ready); RuntimeError if the
+    process exits first, TimeoutError after ``timeout`` s, each with the log's tail. ``context``: an SSL context."""
+    import json
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"backend exited with {process.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            response = urllib.request.urlopen(url + "/healthz", timeout=2)
+            response = urllib.request.urlopen(url + "/healthz", timeout=2, context=context)
             models = json.loads(response.read())["models"].values()
             if response.status == 200 and (not all_models or all(m["ready"] for m in models)):
-                return LiveServer(url=url, ws_url=f"ws://127.0.0.1:{port}", process=process, log=log)
+                return
         except Exception:
             pass
-        time.sleep(0.3)
-    process.kill()
-    raise RuntimeError(f"backend did not become healthy in {timeout} s:\n{log.read_text()[-4000:]}")
+        time.sleep(0.3)  # polling pace
+    raise TimeoutError(f"backend did not become healthy in {timeout} s:\n{log.read_text()[-4000:]}")
 
 
 def stop_backend(server: LiveServer) -> None:

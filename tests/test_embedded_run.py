@@ -12,29 +12,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import psutil
 import pytest
 import websockets
-from conftest import REPO, free_port, start_backend, stop_backend
+from conftest import REPO, free_port, start_backend, stop_backend, wait_healthy
 
 pytestmark = pytest.mark.timeout(400)
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()[-4000:]
-        try:
-            if urllib.request.urlopen(url + "/healthz", timeout=2).status == 200:
-                return
-        except Exception:
-            pass
-        time.sleep(0.5)
-    raise AssertionError("not healthy in time:\n" + log.read_text()[-4000:])
 
 
 async def _chat(ws_url: str, prompt: str, model: str | None = None, max_length: int = 512) -> str:
@@ -67,7 +52,7 @@ def test_embedded_swarm_answers_and_stops_cleanly(tmp_path, embedded_dir):
                                stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, process, log)
+        wait_healthy(url, process, log, 300)
         out = log.read_text()
         assert "Embedded swarm is up" in out and "/ip4/127.0.0.1/tcp/" in out and f"running at {url}" in out
         models = json.loads(urllib.request.urlopen(url + "/api/v1/models").read())

@@ -57,7 +57,7 @@ def _self_signed(folder: Path) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def tls_server(tmp_path_factory, swarm, test_registry):
-    from conftest import free_port
+    from conftest import free_port, wait_healthy
 
     tmp = tmp_path_factory.mktemp("http2")
     cert, key = _self_signed(tmp)
@@ -79,16 +79,7 @@ def tls_server(tmp_path_factory, swarm, test_registry):
                                stderr=subprocess.STDOUT, start_new_session=True)
     url = f"https://127.0.0.1:{port}"
     context = ssl.create_default_context(cafile=str(cert))
-    deadline = time.monotonic() + 120
-    while True:
-        assert process.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(url + "/healthz", verify=context, timeout=3).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        time.sleep(0.3)
+    wait_healthy(url, process, log, 120, context=context)
     yield {"url": url, "ws_url": f"wss://127.0.0.1:{port}", "ssl": context, "process": process, "log": log,
            # httpx sets ALPN (h2) on the context it gets: WebSockets need one of their own (HTTP/1.1)
            "ws_ssl": ssl.create_default_context(cafile=str(cert))}
