@@ -59,7 +59,7 @@ def test_sessions_per_client_and_global_at_and_beyond_the_limit(limited):
                                           data={"model": "tiny", "inputs": "x", "max_new_tokens": "1"})
         open_now = limited.open_sessions()
         await a[0][0].close()  # one slot frees up: the fresh client gets it
-        await asyncio.sleep(0.3)
+        await asyncio.to_thread(limited.wait_for_sessions, open_now - 1)  # once the server has seen the close
         retry = await ask(c_ws, {"type": "open_inference_session", "model": "tiny", "max_length": 64})
         for ws, _ in a[1:] + b:
             await ws.close()

@@ -49,6 +49,19 @@ async def _recv(ws) -> dict:
     return json.loads(await asyncio.wait_for(ws.receive(), 5))
 
 
+async def _until(predicate, timeout: float = 5) -> None:
+    """Poll ``predicate()`` until it holds (the state a step waits for, never a fixed sleep)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)  # polling pace
+
+
+def _generating(app) -> bool:
+    """Whether any of the app's resumable sessions is still generating."""
+    return any(s.generating for s in app.extensions["petals_chat"].resumable._sessions.values())
+
+
 async def _until_stop(ws) -> list[dict]:
     frames = []
     while True:
@@ -84,7 +97,7 @@ def test_reattach_mid_answer_replays_what_was_missed_and_goes_on(registry):
             await ws.send(json.dumps(GENERATE))
             first = [await _recv(ws) for _ in range(3)]
         # the socket is gone: the generation goes on
-        await asyncio.sleep(0.2)
+        await _until(lambda: engine.streamed >= 5)
         assert engine.cancelled == 0
         async with client.websocket("/api/v2/generate") as ws:
             await ws.send(json.dumps({"type": "reattach", "resume_token": ack["resume_token"]}))
@@ -116,7 +129,7 @@ def test_reattach_after_the_answer_finished_gets_it_whole(registry):
             token = (await _recv(ws))["resume_token"]
             await ws.send(json.dumps(GENERATE))
             await _recv(ws)
-        await asyncio.sleep(0.3)  # the generation ends while no socket is there
+        await _until(lambda: not _generating(app))  # the generation ends while no socket is there
         async with client.websocket("/api/v2/generate") as ws:
             await ws.send(json.dumps({"type": "reattach", "resume_token": token}))
             return await _recv(ws), await _until_stop(ws)
@@ -139,7 +152,8 @@ def test_an_unknown_or_expired_token_is_an_error_and_the_session_is_closed(regis
             token = (await _recv(ws))["resume_token"]
             await ws.send(json.dumps(GENERATE))
             await _recv(ws)
-        await asyncio.sleep(0.4)  # past the window: the generation is cancelled, the session closed
+        # past the window: the generation is cancelled, the session closed
+        await _until(lambda: engine.cancelled == 1 and engine.open_sessions == 0)
         open_after = engine.open_sessions
         async with client.websocket("/api/v2/generate") as ws:
             await ws.send(json.dumps({"type": "reattach", "resume_token": token}))
@@ -164,7 +178,7 @@ def test_cancel_stops_the_generation_and_closes_the_session(registry):
             await ws.send(json.dumps(GENERATE))
             await _recv(ws)
             await ws.send(json.dumps({"type": "cancel"}))
-            await asyncio.sleep(0.2)
+            await _until(lambda: engine.open_sessions == 0)
         sessions = engine.open_sessions
         async with client.websocket("/api/v2/generate") as ws:
             await ws.send(json.dumps({"type": "reattach", "resume_token": token}))

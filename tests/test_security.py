@@ -120,9 +120,13 @@ def _prompt_roundtrip(server, marker: str) -> str:
     replies = asyncio.run(scenario())
     httpx.post(server.url + "/api/v1/generate", timeout=30,
                data={"model": "tiny", "inputs": f"form {marker}", "max_new_tokens": "1"})
-    httpx.post(server.url + "/api/v1/generate", timeout=30,
+    last = "last-" + uuid.uuid4().hex  # not the marker: the log may not carry it
+    httpx.post(server.url + "/api/v1/generate", timeout=30, headers={"X-Request-ID": last},
                params={"model": "tiny", "inputs": f"query {marker}", "max_new_tokens": "1"})
-    time.sleep(0.5)  # the log is written by another process
+    deadline = time.monotonic() + 10  # the log is written by another process: its last request's line ends it
+    while f"request_id={last}" not in server.log.read_text():
+        assert time.monotonic() < deadline, "the last request was never logged"
+        time.sleep(0.05)  # polling pace
     return "".join(r["outputs"] for r in replies)
 
 
