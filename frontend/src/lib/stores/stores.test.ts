@@ -59,6 +59,14 @@ const REGISTRY: ModelsResponse = {
 
 const fakeFetch = async () => new Response(JSON.stringify(REGISTRY), { status: 200 });
 
+/** A server that opens sessions and answers each turn with ``count`` frames of one 'x' token, never stopping. */
+function xFrames(count: number): Handler {
+  return (request) =>
+    request.type === 'open_inference_session'
+      ? [{ ok: true }]
+      : Array.from({ length: count }, () => ({ ok: true, outputs: 'x', stop: false, token_count: 1 }));
+}
+
 function setup(handler: Handler, storage = new MemoryStorage(), db = new MemoryChatDb()) {
   const server = new FakeServer(handler);
   const app = createAppState({ storage, db, fetch: fakeFetch, socketUrl: 'ws://t/api/v2/generate', createSocket: server.factory });
@@ -148,11 +156,7 @@ describe('ChatController', () => {
   });
 
   it('Continue goes on with an answer that reached its token limit', async () => {
-    const { app, server } = setup((request) =>
-      request.type === 'open_inference_session'
-        ? [{ ok: true }]
-        : Array.from({ length: 70 }, () => ({ ok: true, outputs: 'x', stop: false, token_count: 1 })),
-    );
+    const { app, server } = setup(xFrames(70));
     await app.models.load();
     app.chat.initModel();
     await app.chat.send('Count');
@@ -204,11 +208,7 @@ describe('ChatController', () => {
   });
 
   it('stop keeps the partial answer; the next turn resends the whole context', async () => {
-    const { app, server } = setup((request) =>
-      request.type === 'open_inference_session'
-        ? [{ ok: true }]
-        : Array.from({ length: 40 }, () => ({ ok: true, outputs: 'x', stop: false, token_count: 1 })),
-    );
+    const { app, server } = setup(xFrames(40));
     await app.models.load();
     app.chat.initModel();
     const pending = app.chat.send('Long one');
