@@ -62,6 +62,15 @@ def _generating(app) -> bool:
     return any(s.generating for s in app.extensions["petals_chat"].resumable._sessions.values())
 
 
+async def _start_answer(ws) -> str:
+    """Open a resumable session, start GENERATE and take its first frame; the resume token."""
+    await ws.send(json.dumps(OPEN))
+    token = (await _recv(ws))["resume_token"]
+    await ws.send(json.dumps(GENERATE))
+    await _recv(ws)
+    return token
+
+
 async def _until_stop(ws) -> list[dict]:
     frames = []
     while True:
@@ -125,10 +134,7 @@ def test_reattach_after_the_answer_finished_gets_it_whole(registry):
 
     async def scenario(client):
         async with client.websocket("/api/v2/generate") as ws:
-            await ws.send(json.dumps(OPEN))
-            token = (await _recv(ws))["resume_token"]
-            await ws.send(json.dumps(GENERATE))
-            await _recv(ws)
+            token = await _start_answer(ws)
         await _until(lambda: not _generating(app))  # the generation ends while no socket is there
         async with client.websocket("/api/v2/generate") as ws:
             await ws.send(json.dumps({"type": "reattach", "resume_token": token}))
@@ -148,10 +154,7 @@ def test_an_unknown_or_expired_token_is_an_error_and_the_session_is_closed(regis
         async with client.websocket("/api/v2/generate") as ws:
             await ws.send(json.dumps({"type": "reattach", "resume_token": "nope"}))
             unknown = await _recv(ws)
-            await ws.send(json.dumps(OPEN))
-            token = (await _recv(ws))["resume_token"]
-            await ws.send(json.dumps(GENERATE))
-            await _recv(ws)
+            token = await _start_answer(ws)
         # past the window: the generation is cancelled, the session closed
         await _until(lambda: engine.cancelled == 1 and engine.open_sessions == 0)
         open_after = engine.open_sessions
@@ -173,10 +176,7 @@ def test_cancel_stops_the_generation_and_closes_the_session(registry):
 
     async def scenario(client):
         async with client.websocket("/api/v2/generate") as ws:
-            await ws.send(json.dumps(OPEN))
-            token = (await _recv(ws))["resume_token"]
-            await ws.send(json.dumps(GENERATE))
-            await _recv(ws)
+            token = await _start_answer(ws)
             await ws.send(json.dumps({"type": "cancel"}))
             await _until(lambda: engine.open_sessions == 0)
         sessions = engine.open_sessions
@@ -195,10 +195,7 @@ def test_a_second_socket_takes_the_session_over(registry):
 
     async def scenario(client):
         async with client.websocket("/api/v2/generate") as old:
-            await old.send(json.dumps(OPEN))
-            token = (await _recv(old))["resume_token"]
-            await old.send(json.dumps(GENERATE))
-            await _recv(old)
+            token = await _start_answer(old)
             async with client.websocket("/api/v2/generate") as new:  # the old socket is not gone yet
                 await new.send(json.dumps({"type": "reattach", "resume_token": token}))
                 await _recv(new)
