@@ -249,12 +249,9 @@ def test_client_disconnect_mid_stream_closes_the_session(live_server):
 
 
 def test_api_keys_busy_and_the_own_origin_exemption(tmp_path, swarm, test_registry):
-    from conftest import start_backend, stop_backend
+    from reliability_helpers import backend, backend_env
 
-    server = start_backend(tmp_path, {"PETALS_CHAT_INITIAL_PEERS": " ".join(swarm.initial_peers),
-                                      "PETALS_CHAT_MODELS": str(test_registry),
-                                      "PETALS_CHAT_API_KEYS": "k1 k2", "PETALS_CHAT_MAX_SESSIONS": "1"})
-    try:
+    with backend(tmp_path, backend_env(swarm, test_registry, api_keys="k1 k2", max_sessions=1)) as server:
         ask = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}
         for key in ("unused", "k3", "K1"):
             with pytest.raises(openai.AuthenticationError) as caught:
@@ -295,8 +292,6 @@ def test_api_keys_busy_and_the_own_origin_exemption(tmp_path, swarm, test_regist
         assert answer.status_code == 429
         assert answer.json()["error"]["type"] == "rate_limit_error" and "Server is busy" in answer.json()["error"][
             "message"]
-    finally:
-        stop_backend(server)
 
 
 # ---- in-process: a model that never loads, a swarm failing mid-stream ---------------------------

@@ -244,12 +244,9 @@ def test_abrupt_disconnect_mid_generation_frees_the_session(live_server):
 
 
 def test_idle_connection_is_closed_after_step_timeout(tmp_path, swarm, test_registry):
-    from conftest import start_backend, stop_backend
+    from reliability_helpers import backend, backend_env
 
-    server = start_backend(tmp_path, {"PETALS_CHAT_INITIAL_PEERS": " ".join(swarm.initial_peers),
-                                      "PETALS_CHAT_MODELS": str(test_registry),
-                                      "PETALS_CHAT_STEP_TIMEOUT": "1.5"})
-    try:
+    with backend(tmp_path, backend_env(swarm, test_registry, step_timeout="1.5")) as server:
         async def scenario():
             async with await _connect(server) as ws:
                 await _ask(ws, {"type": "open_inference_session", "model": "tiny", "max_length": 16})
@@ -263,8 +260,6 @@ def test_idle_connection_is_closed_after_step_timeout(tmp_path, swarm, test_regi
         assert notice["ok"] is False and "no request for 1.5 seconds" in notice["traceback"]
         assert 1.0 < waited < 8
         assert server.wait_for_sessions(0) == 0
-    finally:
-        stop_backend(server)
 
 
 def test_websocket_compression_is_declined_by_default(live_server):
