@@ -30,7 +30,7 @@ def parse_peers(values: list[str] | None) -> list[str]:
     return peers
 
 
-def main(argv: list[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend swarm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help="Local model folder (Hugging Face format).")
@@ -57,6 +57,11 @@ def main(argv: list[str]) -> int:
                         help="Attention cache per server, in tokens per block (default: Petals' own, 16384 for "
                              "grouped-query models).")
     parser.add_argument("--quiet", action="store_true", help="Do not echo the servers' logs.")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.max_batch_sessions < 1 or args.cache_tokens < 0:
         parser.error("--max-batch-sessions must be at least 1 and --cache-tokens at least 0")
@@ -73,6 +78,11 @@ def main(argv: list[str]) -> int:
                        echo=not args.quiet, initial_peers=join,
                        extra_args=server_flags(batching=not args.no_batching, max_batch=args.max_batch_sessions,
                                                cache_tokens=args.cache_tokens))
+    return run(swarm, prefix, join)
+
+
+def run(swarm: LocalSwarm, prefix: str, join: list[str]) -> int:
+    """Start the swarm, print its peers, serve until Ctrl-C / SIGTERM or until every server has exited."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
