@@ -221,6 +221,9 @@ def live_server(tmp_path_factory, swarm, test_registry):
         "PETALS_CHAT_MAX_SESSIONS_PER_CLIENT": "64",
         # every test client is 127.0.0.1; the per-address fairness limits have their own tests
         "PETALS_CHAT_MAX_IDLE_SESSIONS_PER_CLIENT": "64", "PETALS_CHAT_MAX_TOKENS_PER_CLIENT": "1000000",
+        # the page's sessions are resumable: kept this long after the browser tests close them (the e2e reload
+        # test reattaches within a few seconds), so later tests' "no session left" checks see them gone in time
+        "PETALS_CHAT_REATTACH_WINDOW": "15",
     })
     yield server
     stop_backend(server)
