@@ -73,20 +73,16 @@ def merge_into_batching_pool(backends, max_sessions: int, max_wait: float = 0.0)
     """Like Petals' ``merge_inference_pools_inplace``, with a :class:`BatchingTaskPool` as the shared pool."""
     from petals.server.backend import _MergedInferenceStep
 
+    from .batching_pool import BatchedStep, BatchingTaskPool
+
     first_pool = next(iter(backends.values())).inference_pool
-    pool = make_pool(_MergedInferenceStep(backends), backends, max_batch_size=first_pool.max_batch_size,
-                     device=first_pool.device, max_sessions=max_sessions, max_wait=max_wait)
+    pool = BatchingTaskPool(BatchedStep(_MergedInferenceStep(backends), backends),
+                            max_batch_size=first_pool.max_batch_size, device=first_pool.device,
+                            name="merged_inference", max_sessions=max_sessions, max_wait=max_wait)
     for backend in backends.values():
         assert not backend.inference_pool.is_alive()
         backend.inference_pool = pool
     return pool
-
-
-def make_pool(stock_step, backends, *, max_batch_size: int, device, max_sessions: int, max_wait: float):
-    from .batching_pool import BatchedStep, BatchingTaskPool
-
-    return BatchingTaskPool(BatchedStep(stock_step, backends), max_batch_size=max_batch_size, device=device,
-                            name="merged_inference", max_sessions=max_sessions, max_wait=max_wait)
 
 
 class BatchStats:

@@ -57,7 +57,6 @@ class BatchingTaskPool(PrioritizedTaskPool):
     def __init__(self, process_func, *, max_sessions: int, max_wait: float = 0.0, **kwargs):
         super().__init__(process_func, **kwargs)
         self.max_sessions = max(1, max_sessions)
-        self.max_wait = max_wait
         self.window = GatherWindow(max_wait)
 
     def load_batch_to_runtime(self, timeout=None, device=None):
