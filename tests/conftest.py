@@ -154,6 +154,18 @@ class LiveServer:
             time.sleep(0.1)
 
 
+def poll_until(check, timeout: float, what: str, interval: float = 0.2):
+    """Call ``check()`` until it returns something truthy and return that; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
 def free_port() -> int:
     from backend.swarm.launcher import free_port as _free
 

@@ -5,11 +5,11 @@ The swarm-level tests (real servers, real clients) are in ``test_batching_swarm.
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import poll_until
 
 from backend.compat import import_petals
 
@@ -123,11 +123,11 @@ def step_args(uids=("b.0", "b.1"), tokens=1, prompts=None, hypo_ids=DUMMY_INT64)
 
 
 def test_decode_key_accepts_only_plain_decode_steps():
-    assert decode_key(SimpleNamespace(args=step_args())) is not None
-    assert decode_key(SimpleNamespace(args=step_args(tokens=5))) is None  # prefill
-    assert decode_key(SimpleNamespace(args=step_args(hypo_ids=torch.tensor([0])))) is None  # beam reorder
-    assert decode_key(SimpleNamespace(args=step_args(prompts=[torch.zeros(1), None]))) is None  # deep prompts
-    assert decode_key(SimpleNamespace(args=step_args())) != decode_key(SimpleNamespace(args=step_args(uids=("x",))))
+    assert decode_key(step_args()) is not None
+    assert decode_key(step_args(tokens=5)) is None  # prefill
+    assert decode_key(step_args(hypo_ids=torch.tensor([0]))) is None  # beam reorder
+    assert decode_key(step_args(prompts=[torch.zeros(1), None])) is None  # deep prompts
+    assert decode_key(step_args()) != decode_key(step_args(uids=("x",)))
 
 
 @pytest.fixture
@@ -140,18 +140,11 @@ def pool():
     pool.join(timeout=5)
 
 
-def wait_queued(pool, count: int) -> None:
-    deadline = time.monotonic() + 10
-    while pool._ordered_tasks.qsize() < count:
-        assert time.monotonic() < deadline, "tasks never reached the pool's queue"
-        time.sleep(0.005)
-
-
 def test_pool_groups_queued_decode_steps_and_keeps_the_rest_in_order(pool):
     """Decode steps for the same blocks go together (up to max_sessions); a prefill and other blocks wait alone."""
     a, prefill, b, other, c, d = (pool.submit_task(*args) for args in (
         step_args(), step_args(tokens=4), step_args(), step_args(uids=("x.0",)), step_args(), step_args()))
-    wait_queued(pool, 6)
+    poll_until(lambda: pool._ordered_tasks.qsize() >= 6, 10, "tasks in the pool's queue", interval=0.005)
 
     uid, batch = pool.load_batch_to_runtime()
     assert len(batch) == 1 and isinstance(batch[0], Group)

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 import torch
+from conftest import poll_until
 
 from backend.engine.coalesced_head import CoalescedHead, install
 
 WIDTH, VOCAB = 8, 50
-
-
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.001)
 
 
 class GatedLinear:
@@ -60,7 +53,7 @@ def test_calls_queued_behind_a_running_matmul_share_the_next_one():
     assert linear.entered.wait(10)
     for t in threads[1:]:
         t.start()
-    wait_until(lambda: len(head._queue) == 3)
+    poll_until(lambda: len(head._queue) == 3, 10, "three calls queued behind the first", interval=0.001)
     linear.release.set()
     for t in threads:
         t.join(10)

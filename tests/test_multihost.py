@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, LiveServer
+from conftest import REPO, LiveServer, poll_until
 from netns import PREFIX as NS_PREFIX
 from netns import NetnsRig, _ip, cleanup_stale, namespaces, unavailable_reason
 from reliability_helpers import ask, collect, connect, pick_stop
@@ -62,18 +62,6 @@ max_session_length = 2048
 """
 TURN1 = "<|im_start|>user\nTell me a story<|im_end|>\n<|im_start|>assistant\n"
 TURN2 = "<|im_start|>user\nGo on<|im_end|>\n<|im_start|>assistant\n"
-
-
-def _deadline_poll(check, timeout: float, what: str, interval: float = 0.2):
-    """Call ``check()`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 class SwarmHost:
@@ -109,7 +97,7 @@ class SwarmHost:
 
     def peers(self, timeout: float = 150) -> list[str]:
         """The INITIAL_PEERS= line: printed once every block of this host is announced."""
-        return _deadline_poll(self.peers_now, timeout, f"host {self.host} to serve {self.blocks}")
+        return poll_until(self.peers_now, timeout, f"host {self.host} to serve {self.blocks}")
 
     def last_open(self) -> float:
         """When this host last opened an inference session (0: never)."""
@@ -133,7 +121,7 @@ def _wait_swarm(server: LiveServer, servers: int | None = None, timeout: float =
     def ok():
         t = _readyz(server.url)
         return t.get("swarm_ok") and servers in (None, t.get("servers")) and t
-    return _deadline_poll(ok, timeout, f"{servers or 'all'} servers in /readyz")
+    return poll_until(ok, timeout, f"{servers or 'all'} servers in /readyz")
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +188,7 @@ def app(rig, hosts, tiny_model):
         except OSError:
             return False
 
-    _deadline_poll(healthy, 180, "the app on its host to be healthy")
+    poll_until(healthy, 180, "the app on its host to be healthy")
     server = LiveServer(url=url, ws_url=f"ws://{ip}:{APP_PORT}", process=process, log=log)
     yield server
     rig.stop_host("app")
@@ -213,7 +201,7 @@ def _session_host(hosts: Swarm, since: float) -> SwarmHost:
         times = {name: hosts[name].last_open() for name in "bc"}
         name = max(times, key=times.get)
         return times[name] > since and hosts[name]
-    return _deadline_poll(opened, 10, "a 2:4 host to open the session")
+    return poll_until(opened, 10, "a 2:4 host to open the session")
 
 
 async def _open(server: LiveServer, max_length: int = 512):
@@ -278,7 +266,7 @@ def test_greedy_answer_routed_across_hosts_equals_transformers(hosts, app, refer
     assert answer.status_code == 200 and answer.json()["ok"], answer.text
     assert answer.json()["outputs"] == reference.decode(reference.greedy_ids(reference.encode(prompt), 12))
     # it went through two hosts: a (0:2) and one of b, c (2:4)
-    _deadline_poll(lambda: hosts["a"].last_open() > since, 10, "host a to serve the session")
+    poll_until(lambda: hosts["a"].last_open() > since, 10, "host a to serve the session")
     _session_host(hosts, since)
 
 

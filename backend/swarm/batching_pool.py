@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from types import SimpleNamespace
 
 import torch
 from petals.server.task_pool import PrioritizedTaskPool, Task, _move_to_device_if_tensor
@@ -34,13 +33,13 @@ class GroupResult(tuple):
     per_task: list
 
 
-def decode_key(task: Task):
+def decode_key(args: tuple):
     """What a step must share with others to run in one forward (None: it cannot be batched).
 
     A decode step: hidden states ``[rows, 1, hidden]``, no beam reordering (dummy ``hypo_ids``), no deep prompts.
     Steps batch together when they go through the same blocks with the same adapter and dtype.
     """
-    hidden_states, hypo_ids, infos, *prompts = task.args
+    hidden_states, hypo_ids, infos, *prompts = args
     if hidden_states.ndim != 3 or hidden_states.shape[1] != 1 or not is_dummy(hypo_ids):
         return None
     if any(p is not None for p in prompts):
@@ -63,11 +62,11 @@ class BatchingTaskPool(PrioritizedTaskPool):
         device = device if device is not None else self.device
         first = self._ordered_tasks.get(block=True, timeout=timeout)
         tasks = [first]
-        key = decode_key(first) if self.max_sessions > 1 else None
+        key = decode_key(first.args) if self.max_sessions > 1 else None
         if key is not None:
-            tasks += drain(self._ordered_tasks, lambda t: decode_key(t) == key, self.max_sessions - 1)
+            tasks += drain(self._ordered_tasks, lambda t: decode_key(t.args) == key, self.max_sessions - 1)
             self.window.forward_time = getattr(self.process_func, "forward_time", 0.0)
-            tasks += self.window.gather(self._ordered_tasks, lambda t: decode_key(t) == key,
+            tasks += self.window.gather(self._ordered_tasks, lambda t: decode_key(t.args) == key,
                                         min(self.max_sessions, self.window.expected) - len(tasks))
             self.window.saw(len(tasks))
         for _ in tasks:
@@ -156,7 +155,7 @@ class BatchedStep:
     def __call__(self, *args):
         if len(args) == 1 and isinstance(args[0], Group):
             return self.run_group(args[0])
-        if decode_key(SimpleNamespace(args=args)) is not None:
+        if decode_key(args) is not None:
             self.stats.record(1)
         return self.stock_step(*args)
 
