@@ -23,7 +23,7 @@ from . import ws_compression
 from .openai import routes as openai_routes
 from .openapi import blueprint as openapi_blueprint
 from .registry import RegistryError, load_registry
-from .routes import http_api, http_errors, ops, static, websocket_api
+from .routes import http_api, http_errors, ops, static, swarm_api, websocket_api
 from .routes.common import EXTENSION, AppState
 from .services.generation import GenerationService
 from .services.limits import SessionLimiter
@@ -69,7 +69,8 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
 def _register_blueprints(app: Quart, settings: Settings) -> None:
     # The HTTP APIs get CORS through a parent blueprint made per app (so create_app can run twice).
     http_apis = Blueprint("http", __name__)
-    for blueprint in (http_api.blueprint, ops.blueprint, openai_routes.blueprint, openapi_blueprint):
+    for blueprint in (http_api.blueprint, swarm_api.blueprint, ops.blueprint, openai_routes.blueprint,
+                      openapi_blueprint):
         http_apis.register_blueprint(blueprint)
     app.register_blueprint(cors(http_apis, allow_origin=_cors_origins(settings)))
     app.register_blueprint(websocket_api.blueprint)

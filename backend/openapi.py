@@ -64,6 +64,32 @@ class LegacyModels(_Doc):
     models: list[dict[str, Any]]
 
 
+class SwarmServer(_Doc):
+    """One server of a model's swarm, as its DHT announces it."""
+
+    peer_id: str
+    short_id: str
+    start: int
+    end: int
+    spans: list[list[int]]
+    state: Literal["online", "joining", "offline"]
+    throughput: float | None
+    cache_tokens_left: int | None
+    version: str | None
+
+
+class Swarm(_Doc):
+    """``GET /api/v1/swarm``: the servers holding a model's blocks (read from the DHT at most every 5 s)."""
+
+    ok: Literal[True]
+    model: str
+    blocks_total: int
+    blocks_served: int
+    swarm_ok: bool
+    servers: list[SwarmServer]
+    age_s: float
+
+
 class Health(_Doc):
     """``/healthz``: ok once at least one model is ready; each model's state (ready, loading or failed)."""
 
@@ -82,7 +108,7 @@ class Readiness(_Doc):
 
 REQUESTS = (oa.ChatCompletionRequest, oa.CompletionRequest, HttpGenerateRequest)
 RESPONSES = (oa.ChatCompletion, oa.ChatCompletionChunk, oa.Completion, oa.CompletionChunk, oa.ModelList,
-             oa.ErrorResponse, LegacyResult, LegacyDelta, LegacyError, LegacyModels, Health, Readiness)
+             oa.ErrorResponse, LegacyResult, LegacyDelta, LegacyError, LegacyModels, Swarm, Health, Readiness)
 
 
 def _json(ref: dict, description: str) -> dict:
@@ -127,6 +153,12 @@ def build_openapi() -> dict[str, Any]:
                                         ref[LegacyResult], ref[LegacyDelta], ref[LegacyError], form=True),
         "/api/v1/models": {"get": {"summary": "The model registry", "responses": {
             "200": _json(ref[LegacyModels], "Models and their chat settings")}}},
+        "/api/v1/swarm": {"get": {
+            "summary": "The servers of a model's swarm: blocks, throughput, state, cache left, version",
+            "parameters": [{"name": "model", "in": "query", "required": False, "schema": {"type": "string"},
+                            "description": "A model key or alias (default: the registry's default)"}],
+            "responses": {"200": _json(ref[Swarm], "The servers, sorted by first block"),
+                          "default": _json(ref[LegacyError], "404 unknown model, 503 not ready or swarm error")}}},
         "/healthz": {"get": {"summary": "Liveness: 200 once at least one model is loaded", "responses": {
             "200": _json(ref[Health], "A model is ready"), "503": _json(ref[Health], "No model ready yet")}}},
         "/readyz": {"get": {"summary": "Readiness: per-model state, servers and blocks of the swarm", "responses": {

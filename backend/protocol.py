@@ -117,9 +117,11 @@ def ok(**extra: Any) -> dict[str, Any]:
     return {"ok": True, **extra}
 
 
-def delta(outputs: str, *, stop: bool, token_count: int, replay: bool = False) -> dict[str, Any]:
-    """One round's text; ``replay``: after a reattach, the whole generation so far (the client replaces its text)."""
-    reply = {"ok": True, "outputs": outputs, "stop": stop, "token_count": token_count}
+def delta(outputs: str, *, stop: bool, token_count: int, replay: bool = False, **facts: Any) -> dict[str, Any]:
+    """One round's text; ``replay``: after a reattach, the whole generation so far (the client replaces its text).
+
+    ``facts``: optional fields of the last round (``route``, ``context_tokens``: ``Round.facts``)."""
+    reply = {"ok": True, "outputs": outputs, "stop": stop, "token_count": token_count, **facts}
     if replay:
         reply["replay"] = True
     return reply

@@ -18,6 +18,7 @@ from backend.engine.types import Chunk, ModelStatus
 from backend.errors import NotReady, SwarmError
 
 MODELS = ("tiny", "tiny-private")  # the keys of conftest's test registry
+FAKE_PEERS = ("12D3KooWFakeServerNumberOneAAAAAA", "12D3KooWFakeServerNumberTwoBBBBBB")  # route() and swarm()
 
 
 class FakeEngine:
@@ -32,6 +33,7 @@ class FakeEngine:
         self.load_attempts: Counter[str] = Counter()
         self.load_threads: set[str] = set()
         self.shut_down = False
+        self.swarm_reads = 0
         self._status = {key: ModelStatus(key=key, ready=ready and gate is None and key not in self.failures)
                         for key in models}
 
@@ -81,6 +83,19 @@ class FakeEngine:
         yield Chunk(text="b", tokens=1)
         await asyncio.sleep(0.3)  # longer than the app's response timeout in test_openai_api
         raise SwarmError("Swarm error: the server went away")
+
+    def route(self, session):
+        return [{"peer_id": FAKE_PEERS[0], "start": 0, "end": 2}, {"peer_id": FAKE_PEERS[1], "start": 2, "end": 4}]
+
+    async def swarm(self, model_key):
+        self._check(model_key)
+        self.swarm_reads += 1
+        servers = [{"peer_id": peer, "short_id": "..." + peer[-6:], "start": start, "end": start + 2,
+                    "spans": [[start, start + 2]], "state": "online", "throughput": 10.0, "inference_rps": None,
+                    "cache_tokens_left": 4096, "version": "2.2.0", "public_name": None, "torch_dtype": "float32",
+                    "using_relay": False}
+                   for peer, start in zip(FAKE_PEERS, (0, 2), strict=True)]
+        return {"model": model_key, "blocks_total": 4, "blocks_served": 4, "swarm_ok": True, "servers": servers}
 
     def shutdown(self):
         self.shut_down = True

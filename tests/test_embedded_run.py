@@ -104,6 +104,11 @@ def test_two_servers_each_serving_half_of_the_blocks(tmp_path, tiny_model, test_
 
             reply = asyncio.run(generate())
             expected = reference.greedy_ids(reference.encode(prompt), 12)
+            route = reply.pop("route")  # the last frame's optional facts: the servers that held the blocks
+            assert [(hop["start"], hop["end"]) for hop in route] == [(0, 2), (2, 4)] and reply.pop("context_tokens")
+            listed = json.loads(urllib.request.urlopen(server.url + "/api/v1/swarm?model=tiny", timeout=30).read())
+            assert [(s["peer_id"], s["start"], s["end"]) for s in listed["servers"]] == [
+                (hop["peer_id"], hop["start"], hop["end"]) for hop in route]
             assert reply == {"ok": True, "outputs": reference.decode(expected), "stop": True,
                              "token_count": len(expected)}
         finally:

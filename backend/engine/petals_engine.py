@@ -34,7 +34,7 @@ from ..errors import (
     UnknownModel,
 )
 from ..registry import ModelSpec
-from . import coalesced_head, grammar, petals_patches, plain_text
+from . import coalesced_head, grammar, petals_patches, plain_text, swarm_map
 from .detokenizer import IncrementalDetokenizer
 from .device import resolve_device, resolve_dtype
 from .types import Chunk, ModelStatus, SamplingParams, TokenLogprob
@@ -412,6 +412,29 @@ class PetalsEngine:
 
             with torch.inference_mode():  # output_ids is an inference tensor
                 session.inner.output_ids[0, -1] = ids[0]
+
+    # ---------------------------------------------------------------- the swarm, as the page shows it
+    def route(self, session: PetalsSession) -> list[dict[str, Any]]:
+        """The servers that hold the session's blocks now, in block order (``swarm_map.route_of``)."""
+        return swarm_map.route_of(list(getattr(session.inner, "_server_sessions", None) or ()))
+
+    async def swarm(self, model_key: str) -> dict[str, Any]:
+        """The model's servers as its DHT announces them (blocking DHT read off the event loop)."""
+        loaded = self._get(model_key)
+
+        def read() -> dict[str, Any]:
+            from petals.utils.dht import get_remote_module_infos
+
+            manager = loaded.model.transformer.h.sequence_manager
+            infos = get_remote_module_infos(manager.dht, manager.block_uids, latest=True,
+                                            return_future=True).result(timeout=10)
+            return swarm_map.swarm_summary(model_key, list(infos))
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, read)
+        except Exception as e:
+            raise SwarmError(f"Swarm error: could not read the swarm's servers: {type(e).__name__}: {e}"
+                             .splitlines()[0]) from None
 
     # ---------------------------------------------------------------- generation
     async def stream(self, session: PetalsSession, inputs: str | None, params: SamplingParams, *,

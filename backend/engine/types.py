@@ -109,6 +109,12 @@ class Engine(Protocol):
 
     def replace_last_token(self, session: EngineSession, text: str) -> None: ...
 
+    def route(self, session: EngineSession) -> list[dict[str, Any]]:
+        """The servers holding the session's blocks now, in block order: ``{"peer_id", "start", "end"}`` each."""
+
+    async def swarm(self, model_key: str) -> dict[str, Any]:
+        """The model's servers as the swarm announces them (``backend.engine.swarm_map.swarm_summary``)."""
+
     async def prompt_logprobs(self, model_key: str, ids: list[int], top_n: int) -> list[TokenLogprob]:
         """Log-probabilities of ``ids[1:]``, each given the tokens before it (one forward pass)."""
 

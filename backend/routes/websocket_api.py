@@ -285,7 +285,7 @@ class _Connection:
                         if self.resumable is not None and self.resumable.owner is not self:
                             raise _Drop("Session taken over by another connection (reattach)")
                         await self.send(protocol.delta(round_.outputs, stop=round_.stop,
-                                                       token_count=round_.token_count))
+                                                       token_count=round_.token_count, **round_.facts()))
                 finally:
                     self.generation_timeout = None
                     if shutdown is not None:

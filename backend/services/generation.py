@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +35,17 @@ class Round:
     token_count: int
     finish_reason: str | None = None  # on the last round: "stop" or "length"
     logprobs: tuple[TokenLogprob, ...] = ()  # one per token, when the sampling parameters ask for them
+    route: tuple[dict, ...] | None = None  # on the last round: the servers that held the session's blocks
+    context_tokens: int | None = None  # on the last round: tokens the session holds after it
+
+    def facts(self) -> dict:
+        """The last round's optional wire fields (``route``, ``context_tokens``); empty on other rounds."""
+        facts: dict = {}
+        if self.route is not None:
+            facts["route"] = list(self.route)
+        if self.context_tokens is not None:
+            facts["context_tokens"] = self.context_tokens
+        return facts
 
 
 @dataclass(frozen=True)
@@ -165,7 +177,14 @@ class Conversation:
         if rewind:
             engine.replace_last_token(self.session, req.stops.stop_sequence)  # the rewind
         if last_round is not None:
-            yield last_round
+            yield self._with_facts(last_round)
+
+    def _with_facts(self, last: Round) -> Round:
+        """The last round with the session's route through the swarm and the tokens it holds now."""
+        route = None
+        with contextlib.suppress(Exception):  # an engine without routes (or a route it cannot tell) has none
+            route = tuple(self.service.engine.route(self.session))
+        return dataclasses.replace(last, route=route, context_tokens=self.session.length)
 
 
 async def _counting_swarm_errors(stream: AsyncIterator[Chunk], metrics: Metrics) -> AsyncIterator[Chunk]:
