@@ -19,7 +19,7 @@ import uuid
 from quart import Blueprint, Quart, g, request
 from quart_cors import cors
 
-from . import ws_compression
+from . import slow_readers, ws_compression
 from .openai import routes as openai_routes
 from .openapi import blueprint as openapi_blueprint
 from .registry import RegistryError, load_registry
@@ -63,6 +63,7 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
         await _stop_services(app_state)
 
     _install_request_hooks(app, app_state)
+    app.asgi_app = slow_readers.middleware(app.asgi_app)  # streams find their connection's transport
     return app
 
 

@@ -122,8 +122,13 @@ class Settings:
     ws_compression: bool = _setting(False, "Accept WebSocket compression (permessage-deflate). Off: token frames "
                                     "are tiny, and compression costs CPU per frame and memory per connection.")
     send_timeout: float = _setting(
-        30.0, "Seconds one WebSocket reply may wait for a slow client to read before the connection is dropped "
-        "(bounds the memory a slow reader can hold).", minimum=0.1)
+        30.0, "Seconds one WebSocket reply or streamed (Server-Sent Events) chunk may wait for a client that does "
+        "not read before the connection is dropped (a WebSocket with close code 1008).", minimum=0.1)
+    max_unread_bytes: int = _setting(
+        262144, "Bytes of replies this server buffers for one streaming client (WebSocket or Server-Sent Events) "
+        "that does not read them: its socket's send buffer and write buffer together; once they are full, a send "
+        "waits at most send_timeout seconds, then the client is dropped (0: the kernel's own limits, megabytes).",
+        minimum=0)
     max_queued_requests: int = _setting(
         8, "WebSocket requests a client may send ahead while a generation runs; more and the connection is "
         "closed (bounds the memory a flooding client can hold).", minimum=1)

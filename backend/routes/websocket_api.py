@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator
 
 from quart import Blueprint, websocket
 
-from .. import protocol
+from .. import protocol, slow_readers
 from ..errors import ApiError, BadRequest, SessionExpired
 from ..services.generation import Conversation, GenerateSpec, Round
 from ..services.planning import StopRules
@@ -98,6 +98,8 @@ class _Connection:
         loop = asyncio.get_running_loop()
         self.deadline = loop.time() + self.settings.max_session_seconds
         self.unused_deadline = self.deadline  # set when a session opens: it must generate before then
+        # what this server buffers for a client that does not read is bounded; a send waits send_timeout at most
+        self.bound = slow_readers.limit(websocket.scope, self.settings.max_unread_bytes)
 
     async def send(self, payload: dict) -> None:
         """Send one reply; a client that does not read it in time is dropped."""
@@ -105,6 +107,7 @@ class _Connection:
             await asyncio.wait_for(websocket.send(json.dumps(payload, ensure_ascii=False)),
                                    self.settings.send_timeout)
         except TimeoutError:
+            logger.info("ws client dropped: a reply was not read within %g seconds", self.settings.send_timeout)
             raise _Drop(None, 1008) from None
 
     async def pump(self) -> None:
@@ -143,8 +146,10 @@ class _Connection:
             if drop.message:
                 with contextlib.suppress(_Drop):
                     await self.send(protocol.error(drop.message, drop.reason))
-            with contextlib.suppress(asyncio.TimeoutError):
+            try:
                 await asyncio.wait_for(websocket.close(drop.code, (drop.message or "")[:100]), 2)
+            except TimeoutError:
+                self.bound.abort()  # the client does not read, not even the close frame: drop what it was sent
         finally:
             pump.cancel()
             if self.shutdown is not None:
