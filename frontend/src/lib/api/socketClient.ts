@@ -13,7 +13,7 @@
  *
  * Plain TypeScript: no Svelte, no DOM globals (the socket factory is injected).
  */
-import type { SamplingParams } from '../types/protocol';
+import type { RouteHop, SamplingParams } from '../types/protocol';
 import { ChatError, serverError } from './errors';
 import { FrameChannel, type SocketFactory } from './frameChannel';
 import { StopSequenceFilter } from './stopSequences';
@@ -69,7 +69,8 @@ export type StreamEvent =
   | { type: 'reset'; text: string; tokenCount: number }
   /** The answer can be reattached from `point` (keep it with the answer until it is done). */
   | { type: 'resumable'; point: ResumePoint }
-  | { type: 'done'; reason: DoneReason; text: string; tokenCount: number };
+  /** `route` and `contextTokens`: the server's facts about a finished answer (its last frame), when sent. */
+  | { type: 'done'; reason: DoneReason; text: string; tokenCount: number; route?: RouteHop[]; contextTokens?: number };
 
 export interface SocketClientOptions {
   url: string;
@@ -237,7 +238,7 @@ export class ChatSocketClient {
             if (session.maxLength >= turn.maxSessionLength) {
               throw new ChatError(
                 'context_too_long',
-                'The dialogue is too long for this model. Start a new one.',
+                'The dialogue is too long for this model.',
                 event.traceback,
               );
             }
@@ -262,7 +263,8 @@ export class ChatSocketClient {
             // extra stop sequence ended the text.
             session.sent = turn.prompt + shown + turn.stopSequence;
             finished = true;
-            yield { type: 'done', reason: 'stop', text: shown, tokenCount: tokens };
+            const { route, contextTokens } = event;
+            yield { type: 'done', reason: 'stop', text: shown, tokenCount: tokens, ...(route ? { route } : {}), ...(contextTokens !== undefined ? { contextTokens } : {}) };
             return;
           }
           yield* take(visible);

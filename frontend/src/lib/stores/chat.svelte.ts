@@ -5,6 +5,7 @@
 import { ChatError } from '../api/errors';
 import type { ChatSocketClient, ResumePoint } from '../api/socketClient';
 import { AnswerTimer } from '../chat/answerTimer';
+import { messagesToDrop } from '../chat/contextGauge';
 import { createPromptRenderer, type PromptRenderer } from '../chat/prompt';
 import type { Branch, ChatMessage, Conversation } from '../types/chat';
 import type { ModelInfo } from '../types/protocol';
@@ -122,6 +123,22 @@ export class ChatController {
     if (!conversation || this.running) return;
     const index = conversation.messages.findIndex((m) => m.id === messageId);
     if (index >= 0) this.#deps.conversations.switchVersion(conversation.id, index, to);
+  }
+
+  /**
+   * The chat is full: drop its oldest turns (enough for the rest to fill about half of the model's
+   * context, see chat/contextGauge.ts) and go on: answer the last message if it has no answer yet.
+   */
+  async dropOldestTurns(): Promise<void> {
+    const conversation = this.#deps.conversations.active;
+    const model = this.model;
+    if (!conversation || !model) return;
+    await this.#stopAndWait();
+    const count = messagesToDrop(conversation.messages, model.chat.max_session_length);
+    if (count === 0) return;
+    this.#deps.conversations.dropFirst(conversation.id, count);
+    this.#deps.connection.clearError();
+    if (conversation.messages.at(-1)?.role === 'user') await this.#answer(conversation);
   }
 
   /** Retry link of the error box. */
@@ -268,6 +285,8 @@ export class ChatController {
         } else {
           answer.state = event.reason === 'aborted' ? 'stopped' : 'done';
           if (event.reason === 'length') answer.limited = true;
+          if (event.route) answer.route = event.route;
+          if (event.contextTokens !== undefined) answer.contextTokens = event.contextTokens;
         }
       }
     } catch (error) {

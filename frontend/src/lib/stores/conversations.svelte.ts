@@ -224,6 +224,15 @@ export class ConversationsStore {
     this.save();
   }
 
+  /** Drops the first `count` messages (the oldest turns of a chat that is full). */
+  dropFirst(id: string, count: number): void {
+    const conversation = this.get(id);
+    if (!conversation || count <= 0) return;
+    conversation.messages.splice(0, count);
+    conversation.updatedAt = this.#now();
+    this.save();
+  }
+
   touch(id: string): void {
     const conversation = this.get(id);
     if (conversation) conversation.updatedAt = this.#now();

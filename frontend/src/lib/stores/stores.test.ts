@@ -443,3 +443,53 @@ describe('ConnectionStore', () => {
     expect(store.tokensPerSecond).toBe(10);
   });
 });
+
+describe('The route and the context gauge', () => {
+  const route = [{ peer_id: '12D3KooWaaaaaaAAAAAA', start: 0, end: 30 }];
+
+  it("keeps the last frame's route and context size on the answer", async () => {
+    const handler: Handler = (request) =>
+      request.type === 'open_inference_session'
+        ? [{ ok: true }]
+        : [
+            { ok: true, outputs: 'Hi', stop: false, token_count: 1 },
+            { ok: true, outputs: '<|im_end|>', stop: true, token_count: 1, route, context_tokens: 37 },
+          ];
+    const { app } = setup(handler);
+    await app.models.load();
+    app.chat.initModel();
+    await app.chat.send('Hello');
+    const answer = app.conversations.active!.messages[1]!;
+    expect(answer.route).toEqual(route);
+    expect(answer.contextTokens).toBe(37);
+  });
+
+  it('a full chat drops its oldest turns and goes on', async () => {
+    const handler: Handler = (request, socket) => {
+      if (request.type === 'open_inference_session') return [{ ok: true }];
+      if (request.type !== 'generate') return [];
+      // the session holds the first turn, and the third comes: over any session's max_length
+      const holdsFirst = socket.sent.some((r) => r.type === 'generate' && r.inputs?.includes('first'));
+      if (holdsFirst && request.inputs?.includes('third')) {
+        return [{ ok: false, traceback: 'Maximum length exceeded', code: 'max_length_exceeded' }];
+      }
+      return [{ ok: true, outputs: 'ok<|im_end|>', stop: true, token_count: 2, context_tokens: 1900 }];
+    };
+    const { app, server } = setup(handler);
+    await app.models.load();
+    app.chat.initModel();
+    await app.chat.send(`first ${'a'.repeat(100)}`);
+    await app.chat.send(`second ${'b'.repeat(100)}`);
+    await app.chat.send(`third ${'c'.repeat(100)}`);
+    expect(app.connection.error?.kind).toBe('context_too_long');
+    const before = server.generates().length;
+
+    await app.chat.dropOldestTurns();
+    const messages = app.conversations.active!.messages;
+    expect(app.connection.error).toBeNull();
+    expect(messages[0]?.content.startsWith('first')).toBe(false);
+    expect(messages.at(-2)?.content.startsWith('third')).toBe(true);
+    expect(messages.at(-1)).toMatchObject({ role: 'assistant', content: 'ok', state: 'done' });
+    expect(server.generates().slice(before).some((g) => g.inputs?.includes('first'))).toBe(false);
+  });
+});

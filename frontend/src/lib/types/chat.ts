@@ -1,5 +1,6 @@
 /** The browser-side model of dialogues (what the conversations store keeps). */
 import type { ResumePoint } from '../api/socketClient';
+import type { RouteHop } from './protocol';
 
 export type MessageState = 'streaming' | 'done' | 'stopped' | 'error';
 
@@ -16,6 +17,10 @@ export interface ChatMessage {
   resume?: ResumePoint;
   /** Answers: measured in the page while it streamed. */
   stats?: AnswerStats;
+  /** Answers: the servers that held the model's blocks for it (the server's last frame). */
+  route?: RouteHop[];
+  /** Answers: tokens the session held after it (the server's count: the chat's context use). */
+  contextTokens?: number;
   /** The versions of the dialogue from this message on (see chat/branches.ts). */
   branch?: Branch;
 }

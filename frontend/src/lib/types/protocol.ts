@@ -70,6 +70,17 @@ export interface OutputResponse {
   token_count?: number;
   /** After a reattach: an empty frame saying that the latest generation follows again from its start. */
   replay?: boolean;
+  /** The last frame: the servers that held the session's blocks (block ranges, end exclusive). */
+  route?: RouteHop[];
+  /** The last frame: tokens the session holds after this answer (the server's tokenizer). */
+  context_tokens?: number;
+}
+
+/** One server on a session's route through the swarm: it held blocks `start` to `end - 1`. */
+export interface RouteHop {
+  peer_id: string;
+  start: number;
+  end: number;
 }
 
 /**
@@ -107,7 +118,15 @@ export type ServerResponse = AckResponse | OutputResponse | ErrorResponse;
 /** The same responses as a tagged union that is convenient to switch over. */
 export type ServerEvent =
   | { kind: 'ack'; resumeToken?: string; generations?: number }
-  | { kind: 'output'; text: string; stop: boolean; tokenCount: number; replay?: boolean }
+  | {
+      kind: 'output';
+      text: string;
+      stop: boolean;
+      tokenCount: number;
+      replay?: boolean;
+      route?: RouteHop[];
+      contextTokens?: number;
+    }
   | { kind: 'error'; code: ErrorCode; traceback: string };
 
 export class ProtocolError extends Error {
@@ -143,8 +162,55 @@ export function parseServerFrame(data: unknown): ServerEvent {
   }
   if (typeof value.outputs !== 'string') throw new ProtocolError('"outputs" is not a string');
   const tokenCount = typeof value.token_count === 'number' ? value.token_count : 0;
-  const output = { kind: 'output' as const, text: value.outputs, stop: value.stop === true, tokenCount };
-  return value.replay === true ? { ...output, replay: true } : output;
+  const output: Extract<ServerEvent, { kind: 'output' }> = { kind: 'output', text: value.outputs, stop: value.stop === true, tokenCount };
+  if (value.replay === true) output.replay = true;
+  const route = parseRoute(value.route);
+  if (route) output.route = route;
+  if (typeof value.context_tokens === 'number') output.contextTokens = value.context_tokens;
+  return output;
+}
+
+/** A route as sent in the last frame, or undefined when absent or malformed (an optional extra). */
+export function parseRoute(value: unknown): RouteHop[] | undefined {
+  if (!Array.isArray(value)) return undefined;
+  const hops: RouteHop[] = [];
+  for (const hop of value) {
+    if (!isRecord(hop) || typeof hop.peer_id !== 'string' || typeof hop.start !== 'number' || typeof hop.end !== 'number') {
+      return undefined;
+    }
+    hops.push({ peer_id: hop.peer_id, start: hop.start, end: hop.end });
+  }
+  return hops;
+}
+
+// ---- HTTP: GET /api/v1/swarm ----
+
+export type ServerState = 'online' | 'joining' | 'offline';
+
+/** One server of a model's swarm, as its DHT announces it. */
+export interface SwarmServer {
+  peer_id: string;
+  short_id: string;
+  /** First block held and the block after the last (`spans`: each contiguous range, normally one). */
+  start: number;
+  end: number;
+  spans: [number, number][];
+  state: ServerState;
+  /** Announced throughput (tokens/s, Petals' estimate). */
+  throughput: number | null;
+  cache_tokens_left: number | null;
+  version: string | null;
+  public_name?: string | null;
+}
+
+export interface SwarmResponse {
+  ok: true;
+  model: string;
+  blocks_total: number;
+  blocks_served: number;
+  swarm_ok: boolean;
+  servers: SwarmServer[];
+  age_s?: number;
 }
 
 // ---- HTTP: GET /api/v1/models ----
