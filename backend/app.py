@@ -29,6 +29,7 @@ from .services.generation import GenerationService
 from .services.limits import SessionLimiter
 from .services.metrics import Metrics
 from .services.model_loader import ModelLoader
+from .services.prompt_cache import PromptCache
 from .services.resumable import ResumableSessions
 from .services.shutdown import ShutdownWatch
 from .settings import Settings, SettingsError, env_name
@@ -105,6 +106,9 @@ def _start_services(app_state: AppState, engine) -> None:
     app_state.shutdown = ShutdownWatch(settings.graceful_timeout)
     app_state.shutdown.install()
     app_state.resumable = ResumableSessions(settings.reattach_window)
+    app_state.prompt_cache = PromptCache(engine, max_sessions=settings.prompt_cache_sessions,
+                                         max_tokens=settings.prompt_cache_tokens,
+                                         idle_timeout=settings.prompt_cache_idle_timeout)
     app_state.loader = loader
     loader.start()
 
@@ -114,6 +118,8 @@ async def _stop_services(app_state: AppState) -> None:
         app_state.shutdown.close()
     if app_state.resumable is not None:  # detached sessions: their generations end now
         await app_state.resumable.close_all()
+    if app_state.prompt_cache is not None:
+        await app_state.prompt_cache.close()
     if app_state.loader is not None:  # no retry may start once the engine is shut down
         await asyncio.to_thread(app_state.loader.stop)
     if app_state.engine is not None:

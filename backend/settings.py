@@ -101,6 +101,16 @@ class Settings:
         120.0, "Seconds a resumable WebSocket session (opened with resumable: true) is kept after its socket goes "
         "away, its generation still running, so that a new socket can reattach with its resume_token (0: close "
         "at once).", minimum=0.0)
+    prompt_cache_sessions: int = _setting(
+        16, "Prompt prefix reuse: most inference sessions the OpenAI API keeps open after their requests, so that a "
+        "request whose prompt extends one (the next turn of a conversation) continues it instead of prefilling the "
+        "whole prompt again (0: no reuse).", minimum=0)
+    prompt_cache_tokens: int = _setting(
+        32768, "Prompt prefix reuse: most tokens of attention cache (max_length) the kept sessions may reserve in "
+        "the swarm together; the least recently used are closed first (0: no reuse).", minimum=0)
+    prompt_cache_idle_timeout: float = _setting(
+        300.0, "Prompt prefix reuse: seconds a kept session may stay unused before it is closed and its cache "
+        "freed (0: no reuse).", minimum=0.0)
     default_max_tokens: int = _setting(
         1024, "New tokens an OpenAI request without max_tokens may generate (and reserves cache for), unless the "
         "model's registry entry sets max_new_tokens.", minimum=1)

@@ -236,6 +236,8 @@ def live_server(tmp_path_factory, swarm, test_registry):
         # the page's sessions are resumable: kept this long after the browser tests close them (the e2e reload
         # test reattaches within a few seconds), so later tests' "no session left" checks see them gone in time
         "PETALS_CHAT_REATTACH_WINDOW": "15",
+        # no kept sessions: tests here count open sessions (test_prompt_cache has its own backend with reuse)
+        "PETALS_CHAT_PROMPT_CACHE_SESSIONS": "0",
     })
     yield server
     stop_backend(server)

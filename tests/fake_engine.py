@@ -14,7 +14,7 @@ import threading
 from collections import Counter
 from types import SimpleNamespace
 
-from backend.engine.types import Chunk, ModelStatus
+from backend.engine.types import Chunk, ModelStatus, SessionHistory
 from backend.errors import NotReady, SwarmError
 
 MODELS = ("tiny", "tiny-private")  # the keys of conftest's test registry
@@ -73,10 +73,17 @@ class FakeEngine:
     async def open_session(self, model_key, max_length):
         self._check(model_key)
         self.open_sessions += 1
-        return SimpleNamespace(model_key=model_key, max_length=max_length, length=0)
+        return SimpleNamespace(model_key=model_key, max_length=max_length, length=0, ids=[], closed=False)
 
     async def close_session(self, session):
         self.open_sessions -= 1
+        session.closed = True
+
+    def session_history(self, session):
+        """Tests give a session its tokens (``session.ids``); all but the last are 'computed', as in Petals."""
+        if session.closed or not session.ids:
+            return None
+        return SessionHistory(ids=tuple(session.ids), computed=len(session.ids) - 1)
 
     async def stream(self, session, inputs, params, *, max_new_tokens, stop_sequences):
         yield Chunk(text="a", tokens=1)

@@ -37,7 +37,7 @@ from ..registry import ModelSpec
 from . import coalesced_head, grammar, petals_patches, plain_text, swarm_map
 from .detokenizer import IncrementalDetokenizer
 from .device import resolve_device, resolve_dtype
-from .types import Chunk, ModelStatus, SamplingParams, TokenLogprob
+from .types import Chunk, ModelStatus, SamplingParams, SessionHistory, TokenLogprob
 
 logger = logging.getLogger(__name__)
 
@@ -412,6 +412,17 @@ class PetalsEngine:
 
             with torch.inference_mode():  # output_ids is an inference tensor
                 session.inner.output_ids[0, -1] = ids[0]
+
+    def session_history(self, session: PetalsSession) -> SessionHistory | None:
+        """The session's tokens (``output_ids``) when the servers hold all but the last of them, as they do after
+        every generate() that returned (Petals sends the last token with the next input); else None."""
+        inner = session.inner
+        if session.closed or inner.output_ids is None or (session.busy is not None and not session.busy.done()):
+            return None
+        ids = tuple(inner.output_ids[0].tolist())
+        if inner.position != len(ids) - 1:
+            return None
+        return SessionHistory(ids=ids, computed=inner.position)
 
     # ---------------------------------------------------------------- the swarm, as the page shows it
     def route(self, session: PetalsSession) -> list[dict[str, Any]]:

@@ -62,6 +62,14 @@ class Chunk:
     logprobs: tuple[TokenLogprob, ...] = ()  # one per token, when SamplingParams.logprobs is set
 
 
+@dataclass(frozen=True)
+class SessionHistory:
+    """What an open session holds, so that a longer prompt can continue it (prompt prefix reuse)."""
+
+    ids: tuple[int, ...]  # every token so far, in order: its prompts and its generated tokens
+    computed: int  # how many of them the swarm already holds attention caches for (the rest goes with the next input)
+
+
 @dataclass
 class ModelStatus:
     key: str
@@ -108,6 +116,10 @@ class Engine(Protocol):
                max_new_tokens: int, stop_sequences: list[str]) -> AsyncIterator[Chunk]: ...
 
     def replace_last_token(self, session: EngineSession, text: str) -> None: ...
+
+    def session_history(self, session: EngineSession) -> SessionHistory | None:
+        """The session's tokens when a generation may continue it with more input; None when it cannot (closed,
+        never generated, generating now, or left unsure by a failed step)."""
 
     def route(self, session: EngineSession) -> list[dict[str, Any]]:
         """The servers holding the session's blocks now, in block order: ``{"peer_id", "start", "end"}`` each."""

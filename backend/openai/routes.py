@@ -16,7 +16,7 @@ from quart import Blueprint, Response, current_app, g, jsonify, request
 from ..errors import ApiError, TooLarge
 from ..routes import json_body, sse
 from ..routes.auth import require_api_key
-from ..routes.common import client_address, is_own_origin, service
+from ..routes.common import client_address, is_own_origin, service, state
 from . import schemas
 from .serving import OpenAIServing
 
@@ -37,7 +37,7 @@ async def api_error(e: ApiError) -> Response:
 
 
 def _serving() -> OpenAIServing:
-    return OpenAIServing(service())
+    return OpenAIServing(service(), state().prompt_cache)
 
 
 async def _json_body() -> Any:

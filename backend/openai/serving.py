@@ -45,6 +45,7 @@ from ..routes import sse
 from ..services.chat_format import completion_stop_sequences, format_chat
 from ..services.generation import GenerateSpec, GenerationService, Round
 from ..services.planning import StopRules
+from ..services.prompt_cache import PromptCache, Reuse, generate_reusing
 from . import logprobs as lp
 from . import schemas as s
 from . import tools
@@ -80,7 +81,8 @@ class TextRun:
     """One generation as text pieces with stop sequences cut out; ``finish_reason`` once it ended."""
 
     def __init__(self, rounds: AsyncIterator[Round], first: Round | None, stops: tuple[str, ...], *,
-                 finish_reason: str | None = None):
+                 finish_reason: str | None = None, cached_tokens: int = 0):
+        self.cached_tokens = cached_tokens  # prompt tokens a kept session already held (prompt prefix reuse)
         self._rounds = rounds
         self._next = first
         self._cutter = StopCutter(stops)
@@ -152,9 +154,11 @@ def sampling_params(req: s.GenerationRequest, defaults: Mapping[str, Any]) -> Sa
 
 
 class OpenAIServing:
-    def __init__(self, service: GenerationService):
+    def __init__(self, service: GenerationService, cache: PromptCache | None = None):
         self.service = service
         self.engine = service.engine
+        self.cache = cache if cache is not None else PromptCache(service.engine, max_sessions=0, max_tokens=0,
+                                                                 idle_timeout=0)
 
     # ------------------------------------------------------------------ models
     def list_models(self, *, own_origin: bool) -> s.ModelList:
@@ -226,13 +230,14 @@ class OpenAIServing:
         """Start the generation and wait for its first token: errors up to here get an HTTP status."""
         if job.gen.max_new_tokens == 0:  # echo with max_tokens 0: the prompt only
             return TextRun(_no_rounds(), None, job.stops, finish_reason="length")
-        rounds = self.service.generate_once(job.spec, job.gen, client)
+        reuse = Reuse()
+        rounds = generate_reusing(self.service, self.cache, job.spec, job.gen, client, reuse)
         try:
             first = await anext(rounds, None)
         except BaseException:
             await rounds.aclose()
             raise
-        return TextRun(rounds, first, job.stops)
+        return TextRun(rounds, first, job.stops, cached_tokens=reuse.cached_tokens)
 
     async def _echo(self, job: Job) -> tuple[str, list[TokenLogprob | None], list[str]]:
         """With ``echo``: the prompt's text, and when asked for its tokens' log-probabilities (a forward pass)."""
@@ -246,7 +251,7 @@ class OpenAIServing:
         entries = await self.engine.prompt_logprobs(job.spec.key, ids, job.logprobs)
         return text, [None, *entries], [self.engine.decode(job.spec.key, ids[:1])]
 
-    async def _choice(self, job: Job, client: str) -> tuple[s.ChatChoice | s.TextChoice, int]:
+    async def _choice(self, job: Job, client: str) -> tuple[s.ChatChoice | s.TextChoice, TextRun]:
         echo, echo_entries, first_token = await self._echo(job)
         run = await self._start(job, client)
         try:
@@ -265,23 +270,21 @@ class OpenAIServing:
                 message = s.AssistantMessage(content=content or None if parser.calls else content,
                                              tool_calls=parser.calls or None)
                 finish_reason = _finish_reason(run, parser)
-            return s.ChatChoice(message=message, finish_reason=finish_reason,
-                                logprobs=logprobs), run.completion_tokens
+            return s.ChatChoice(index=job.index, message=message, finish_reason=finish_reason,
+                                logprobs=logprobs), run
         logprobs = lp.completion([*echo_entries, *entries], tokens=first_token) if job.logprobs is not None else None
         return s.TextChoice(index=job.index, text=echo + text, finish_reason=run.finish_reason,
-                            logprobs=logprobs), run.completion_tokens
+                            logprobs=logprobs), run
 
     async def complete(self, jobs: Job | list[Job], client: str) -> s.ChatCompletion | s.Completion:
         """The answer to a request: one choice per job (a batch of prompts runs one after another)."""
         jobs = jobs if isinstance(jobs, list) else [jobs]
-        choices, completion_tokens = [], 0
+        choices, runs = [], []
         for job in jobs:
-            choice, n = await self._choice(job, client)
+            choice, run = await self._choice(job, client)
             choices.append(choice)
-            completion_tokens += n
-        prompt_tokens = sum(job.prompt_tokens for job in jobs)
-        usage = s.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                        total_tokens=prompt_tokens + completion_tokens)
+            runs.append(run)
+        usage = self._usage(jobs, runs)
         job = jobs[0]
         response = s.ChatCompletion if job.chat else s.Completion
         return response(id=job.id, created=job.created, model=job.spec.key, usage=usage, choices=choices)
@@ -310,7 +313,7 @@ class OpenAIServing:
                     offset += len(piece)
                 yield self._chunk(job, "", finish_reason=run.finish_reason)
             if job.include_usage:
-                yield self._chunk(job, None, usage=self._usage(job, run))
+                yield self._chunk(job, None, usage=self._usage([job], [run]))
             self._log_done(job, run)
         except ApiError as e:
             logger.info("stream failed request_id=%s: %s", job.request_id, e.message)
@@ -347,9 +350,12 @@ class OpenAIServing:
         return lp.completion(entries, offset, tokens) if job.logprobs is not None else None
 
     @staticmethod
-    def _usage(job: Job, run: TextRun) -> s.Usage:
-        return s.Usage(prompt_tokens=job.prompt_tokens, completion_tokens=run.completion_tokens,
-                       total_tokens=job.prompt_tokens + run.completion_tokens)
+    def _usage(jobs: list[Job], runs: list[TextRun]) -> s.Usage:
+        prompt_tokens = sum(job.prompt_tokens for job in jobs)
+        completion_tokens = sum(run.completion_tokens for run in runs)
+        cached = s.PromptTokensDetails(cached_tokens=sum(run.cached_tokens for run in runs))
+        return s.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                       total_tokens=prompt_tokens + completion_tokens, prompt_tokens_details=cached)
 
     @staticmethod
     def _chunk(job: Job, content: s.ChatDelta | str | None, *, finish_reason: str | None = None,

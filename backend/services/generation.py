@@ -91,6 +91,14 @@ class Conversation:
             self.service.limiter.release(self.client, self.tokens, idle=not self._active)
             self.service.metrics.sessions_open.dec()
 
+    def detach(self) -> EngineSession:
+        """Hand the session over (to the prompt cache) instead of closing it: the client's slot and tokens are
+        released, the engine session stays open."""
+        self.closed = True
+        self.service.limiter.release(self.client, self.tokens, idle=not self._active)
+        self.service.metrics.sessions_open.dec()
+        return self.session
+
     def _set_active(self, active: bool) -> None:
         if self.closed or self._active == active:
             return
@@ -266,6 +274,13 @@ class GenerationService:
             raise
         self.metrics.sessions_open.inc()
         return Conversation(self, spec, session, client, max_length, idle=idle)
+
+    def adopt(self, spec: ModelSpec, session: EngineSession, client: str) -> Conversation:
+        """A conversation of ``client`` on a session that is already open (one the prompt cache kept); it generates
+        at once. :class:`Busy` when the client may not hold another session."""
+        self.limiter.acquire(client, session.max_length, idle=False)
+        self.metrics.sessions_open.inc()
+        return Conversation(self, spec, session, client, session.max_length, idle=False)
 
     async def generate_once(self, spec: ModelSpec, req: GenerateSpec, client: str) -> AsyncIterator[Round]:
         """A stateless generation (HTTP APIs): a session sized for the request, closed afterwards."""

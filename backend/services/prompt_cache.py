@@ -1,0 +1,192 @@
+"""Prompt prefix reuse: recently used inference sessions, kept open and found by the tokens they hold.
+
+An OpenAI request is stateless: each one sends the whole conversation again, and without reuse every turn
+prefills every earlier turn through the swarm. :class:`PromptCache` keeps the sessions of finished requests
+open: at most ``max_sessions`` of them, reserving at most ``max_tokens`` tokens of attention cache together
+(their ``max_length``), each for at most ``idle_timeout`` seconds unused; the least recently used go first. A
+request whose prompt extends the whole history of a kept session (its prompts and the tokens it generated)
+continues that session and sends only the new tokens; the longest such history wins. A session serves one
+request at a time: it leaves the cache while it generates and comes back when the generation ended cleanly.
+
+Petals 2.2's servers cannot rewind a session (its caches only grow), so a prompt that diverges from a kept
+history anywhere (a client that edits an earlier message, an answer cut by a stop string, an answer that
+tokenizes differently from how it was generated) gets a new session. Outputs are the same with and without
+reuse: the model sees the same tokens, only fewer of them cross the swarm.
+
+New sessions reserve room for a few more turns (twice what the request needs, and at least 256 tokens more,
+within the model's context and the cache's budget), so that the next turns of a conversation fit the session
+they continue; a turn that does not fit gets a new, larger session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from ..engine.types import Engine, EngineSession, SessionHistory
+from ..errors import Busy
+from ..registry import ModelSpec
+from .generation import Conversation, GenerateSpec, GenerationService, Round
+
+logger = logging.getLogger(__name__)
+
+HEADROOM = 2  # a new session reserves this many times the tokens its request needs (room for the next turns)
+MIN_HEADROOM = 256  # and at least this many tokens more
+
+
+@dataclass(eq=False)
+class _Kept:
+    model_key: str
+    session: EngineSession
+    history: SessionHistory
+    last_used: float
+
+
+class PromptCache:
+    """Open sessions kept after their requests, bounded by a count, a token budget and an idle timeout."""
+
+    def __init__(self, engine: Engine, *, max_sessions: int, max_tokens: int, idle_timeout: float):
+        self.engine = engine
+        self.max_sessions = max_sessions
+        self.max_tokens = max_tokens
+        self.idle_timeout = idle_timeout
+        self._kept: list[_Kept] = []  # least recently used first
+        self._sweeper: asyncio.Task | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_sessions > 0 and self.max_tokens > 0 and self.idle_timeout > 0
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    @property
+    def reserved(self) -> int:
+        """Tokens of attention cache the kept sessions reserve together."""
+        return sum(kept.session.max_length for kept in self._kept)
+
+    def reserve(self, needed: int, context: int) -> int:
+        """The ``max_length`` of a new session for a request that needs ``needed`` tokens."""
+        size = min(context, max(HEADROOM * needed, needed + MIN_HEADROOM))
+        return size if self.enabled and size <= self.max_tokens else needed
+
+    def take(self, model_key: str, prompt: Sequence[int], needed: int) -> tuple[EngineSession, SessionHistory] | None:
+        """The kept session whose whole history ``prompt`` extends the furthest, with room for ``needed`` tokens
+        (the prompt and the new ones); it leaves the cache. None when no kept session fits."""
+        best: _Kept | None = None
+        for kept in self._kept:
+            ids = kept.history.ids
+            if (kept.model_key == model_key and kept.session.max_length >= needed and len(ids) <= len(prompt)
+                    and (best is None or len(ids) > len(best.history.ids)) and tuple(prompt[:len(ids)]) == ids):
+                best = kept
+        if best is None:
+            return None
+        self._kept.remove(best)
+        return best.session, best.history
+
+    async def keep(self, model_key: str, session: EngineSession) -> bool:
+        """Keep ``session`` (its generation ended) for later requests; False when it cannot be continued or does
+        not fit the budget (the caller closes it). Sessions over the bounds are closed, least recently used
+        first."""
+        history = self.engine.session_history(session) if self.enabled else None
+        if history is None or session.max_length > self.max_tokens:
+            return False
+        self._kept.append(_Kept(model_key, session, history, time.monotonic()))
+        while len(self._kept) > self.max_sessions or self.reserved > self.max_tokens:
+            await self._close(self._kept[0])
+        if self._sweeper is None or self._sweeper.done():
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        return True
+
+    async def _sweep(self) -> None:
+        """Close kept sessions once they have been idle for ``idle_timeout`` seconds; ends when none is left."""
+        while self._kept:
+            expires = min(kept.last_used for kept in self._kept) + self.idle_timeout
+            await asyncio.sleep(max(0.0, expires - time.monotonic()))
+            now = time.monotonic()
+            for kept in [k for k in self._kept if k.last_used + self.idle_timeout <= now]:
+                await self._close(kept)
+
+    async def _close(self, kept: _Kept) -> None:
+        if kept in self._kept:
+            self._kept.remove(kept)
+        try:
+            await self.engine.close_session(kept.session)
+        except Exception:  # a session the swarm already dropped: nothing more to free
+            logger.debug("closing a kept session failed", exc_info=True)
+
+    async def close(self) -> None:
+        """Close every kept session (the app stops)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        while self._kept:
+            await self._close(self._kept[0])
+
+
+@dataclass
+class Reuse:
+    """How a generation used the cache: set once its session is chosen (before its first round)."""
+
+    cached_tokens: int = 0  # prompt tokens the swarm already held (not sent again)
+
+
+async def generate_reusing(service: GenerationService, cache: PromptCache, spec: ModelSpec, req: GenerateSpec,
+                           client: str, reuse: Reuse) -> AsyncIterator[Round]:
+    """``service.generate_once`` through the cache: continue the kept session whose history the prompt extends
+    the furthest (or open one), and keep the session afterwards when its generation ended cleanly."""
+    if not cache.enabled or not req.inputs:
+        async with contextlib.aclosing(service.generate_once(spec, req, client)) as rounds:
+            async for round_ in rounds:
+                yield round_
+        return
+    conversation, req = await _conversation(service, cache, spec, req, client, reuse)
+    keep = False
+    try:
+        async with contextlib.aclosing(conversation.generate(req)) as rounds:
+            async for round_ in rounds:
+                yield round_
+        keep = True
+    except GeneratorExit:  # the consumer has what it wanted (e.g. a stop string): generate() returned cleanly
+        keep = True
+        raise
+    finally:
+        if keep:
+            session = conversation.detach()
+            if not await cache.keep(spec.key, session):
+                await service.engine.close_session(session)
+        else:
+            await conversation.close()
+
+
+async def _conversation(service: GenerationService, cache: PromptCache, spec: ModelSpec, req: GenerateSpec,
+                        client: str, reuse: Reuse) -> tuple[Conversation, GenerateSpec]:
+    """The conversation to run ``req`` in (a kept session, or a new one) and the request it runs."""
+    n_inputs = await service.count_inputs(spec, req.inputs)
+    ids = req.inputs if isinstance(req.inputs, list) else await asyncio.to_thread(
+        service.engine.token_ids, spec.key, req.inputs)
+    context = spec.chat.max_session_length
+    needed = service.budget.session_length(n_inputs, req.max_new_tokens, req.max_length, context)
+    taken = cache.take(spec.key, ids, needed)
+    if taken is not None:
+        session, history = taken
+        try:
+            conversation = service.adopt(spec, session, client)
+        except BaseException:
+            await service.engine.close_session(session)
+            raise
+        reuse.cached_tokens = history.computed
+        return conversation, dataclasses.replace(req, inputs=list(ids[len(history.ids):]))
+    reserve = cache.reserve(needed, context)
+    try:
+        return await service.open(spec, reserve, client, idle=False), req
+    except Busy:
+        if reserve == needed:
+            raise
+        return await service.open(spec, needed, client, idle=False), req  # the client's token limit: no headroom
