@@ -52,6 +52,7 @@ class PromptCache:
 
     def __init__(self, engine: Engine, *, max_sessions: int, max_tokens: int, idle_timeout: float):
         self.engine = engine
+        self._history = getattr(engine, "session_history", None)  # engines that cannot tell (fakes): no reuse
         self.max_sessions = max_sessions
         self.max_tokens = max_tokens
         self.idle_timeout = idle_timeout
@@ -60,7 +61,8 @@ class PromptCache:
 
     @property
     def enabled(self) -> bool:
-        return self.max_sessions > 0 and self.max_tokens > 0 and self.idle_timeout > 0
+        bounds = self.max_sessions > 0 and self.max_tokens > 0 and self.idle_timeout > 0
+        return bounds and self._history is not None
 
     def __len__(self) -> int:
         return len(self._kept)
@@ -93,7 +95,7 @@ class PromptCache:
         """Keep ``session`` (its generation ended) for later requests; False when it cannot be continued or does
         not fit the budget (the caller closes it). Sessions over the bounds are closed, least recently used
         first."""
-        history = self.engine.session_history(session) if self.enabled else None
+        history = self._history(session) if self.enabled else None
         if history is None or session.max_length > self.max_tokens:
             return False
         self._kept.append(_Kept(model_key, session, history, time.monotonic()))
