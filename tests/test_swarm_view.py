@@ -126,6 +126,21 @@ def test_the_real_swarm_is_listed_and_the_answer_carries_its_route_and_context_s
             await ws.send(json.dumps({"type": "generate", "inputs": prompt, "max_new_tokens": 6}))
             return json.loads(await asyncio.wait_for(ws.recv(), 60))
 
+    async def first_round() -> tuple[list[dict], dict]:
+        """With a stop sequence (rounds until it, which the tiny model never says): the first two frames."""
+        async with websockets.connect(live_server.ws_url + "/api/v2/generate", open_timeout=10) as ws:
+            await ws.send(json.dumps({"type": "open_inference_session", "model": "tiny", "max_length": 128}))
+            assert json.loads(await ws.recv()) == {"ok": True}
+            await ws.send(json.dumps({"type": "generate", "inputs": prompt, "max_new_tokens": 1,
+                                      "stop_sequence": "<|im_end|>"}))
+            return [json.loads(await asyncio.wait_for(ws.recv(), 60)) for _ in range(2)]
+
+    first, second = asyncio.run(first_round())
+    # the first round carries the facts too (a page that cuts the answer at its own limit knows them), later ones not
+    assert first["route"] == [{"peer_id": server["peer_id"], "start": 0, "end": blocks}]
+    assert first["context_tokens"] == len(reference.encode(prompt)) + 1 and first["stop"] is False
+    assert "route" not in second and "context_tokens" not in second
+
     last = asyncio.run(answer())
     assert last["ok"] and last["stop"], last
     assert last["route"] == [{"peer_id": server["peer_id"], "start": 0, "end": blocks}]

@@ -65,10 +65,13 @@ class _Plan:
     budget: int  # new tokens the engine may generate
     round_tokens: int | None
     continues: bool  # WebSocket rounds until a stop sequence
+    inputs: int = 0  # tokens of the request's inputs
 
 
 class Conversation:
     """One open inference session (a socket's, or one HTTP request's)."""
+
+    _context_base: int | None = None  # while a generation's first round is due: the session's tokens before it
 
     def __init__(self, service: GenerationService, spec: ModelSpec, session: EngineSession, client: str,
                  tokens: int = 0, *, idle: bool = True):
@@ -134,11 +137,12 @@ class Conversation:
             raise LengthExceeded(f"{MAX_LENGTH_EXCEEDED}: the session's max_length of {self.session.max_length} "
                                  f"tokens is used up")
         return _Plan(budget=budget, round_tokens=req.round_tokens or (step if continues else None),
-                     continues=continues)
+                     continues=continues, inputs=n_inputs)
 
     async def _generate(self, req: GenerateSpec) -> AsyncIterator[Round]:
         engine = self.service.engine
         plan = await self._plan(req)
+        self._context_base = self.session.length + plan.inputs  # the first round's facts count from here
         until_stop, round_tokens = plan.continues, plan.round_tokens
         metrics = self.service.metrics
         pending, pending_tokens, pending_logprobs = "", 0, ()
@@ -177,7 +181,7 @@ class Conversation:
                     last_round = Round(pending, True, pending_tokens, chunk.finish_reason, pending_logprobs)
                     break
                 if round_tokens and pending_tokens >= round_tokens and not chunk.held:
-                    yield Round(pending, False, pending_tokens, logprobs=pending_logprobs)
+                    yield self._first_with_facts(Round(pending, False, pending_tokens, logprobs=pending_logprobs))
                     pending, pending_tokens, pending_logprobs = "", 0, ()
         # The stream is closed: the worker's generate() has returned and stored the session's tokens.
         if log_prompts:
@@ -187,12 +191,23 @@ class Conversation:
         if last_round is not None:
             yield self._with_facts(last_round)
 
+    def _route(self) -> tuple[dict, ...] | None:
+        with contextlib.suppress(Exception):  # an engine without routes (or a route it cannot tell) has none
+            return tuple(self.service.engine.route(self.session))
+        return None
+
     def _with_facts(self, last: Round) -> Round:
         """The last round with the session's route through the swarm and the tokens it holds now."""
-        route = None
-        with contextlib.suppress(Exception):  # an engine without routes (or a route it cannot tell) has none
-            route = tuple(self.service.engine.route(self.session))
-        return dataclasses.replace(last, route=route, context_tokens=self.session.length)
+        self._context_base = None
+        return dataclasses.replace(last, route=self._route(), context_tokens=self.session.length)
+
+    def _first_with_facts(self, round_: Round) -> Round:
+        """A generation's first round carries the facts too (the route, and the tokens the session holds with it),
+        so that a client that cuts an answer short (a token limit of its own) knows them."""
+        base, self._context_base = self._context_base, None
+        if base is None:
+            return round_
+        return dataclasses.replace(round_, route=self._route(), context_tokens=base + round_.token_count)
 
 
 async def _counting_swarm_errors(stream: AsyncIterator[Chunk], metrics: Metrics) -> AsyncIterator[Chunk]:

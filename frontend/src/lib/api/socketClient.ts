@@ -111,6 +111,25 @@ function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   });
 }
 
+/** The server's facts about the answer (first and last frames): its route, and the session's size at a token count. */
+class AnswerFacts {
+  #route: RouteHop[] | undefined;
+  #context: { tokens: number; at: number } | undefined;
+
+  take(event: { route?: RouteHop[]; contextTokens?: number }, tokenCount: number): void {
+    if (event.route) this.#route = event.route;
+    if (event.contextTokens !== undefined) this.#context = { tokens: event.contextTokens, at: tokenCount };
+  }
+
+  /** For the `done` event: the route, and the session's tokens with the answer's `tokenCount` tokens. */
+  done(tokenCount: number): { route?: RouteHop[]; contextTokens?: number } {
+    return {
+      ...(this.#route ? { route: this.#route } : {}),
+      ...(this.#context ? { contextTokens: this.#context.tokens + tokenCount - this.#context.at } : {}),
+    };
+  }
+}
+
 export class ChatSocketClient {
   readonly #options: SocketClientOptions;
   #session: Session | null = null;
@@ -147,6 +166,7 @@ export class ChatSocketClient {
     let reattaches = 0;
     let connectionRetries = 0;
     let finished = false;
+    const facts = new AnswerFacts();
     const onAbort = () => this.#drop();
     turn.signal?.addEventListener('abort', onAbort);
     const aborted = (): StreamEvent => {
@@ -254,6 +274,7 @@ export class ChatSocketClient {
             replay = shown.slice(0, point.base);
           }
           tokens += event.tokenCount;
+          facts.take(event, tokens);
           session.sent += event.text;
           const visible = filter.push(event.text);
           if (event.stop) {
@@ -263,8 +284,7 @@ export class ChatSocketClient {
             // extra stop sequence ended the text.
             session.sent = turn.prompt + shown + turn.stopSequence;
             finished = true;
-            const { route, contextTokens } = event;
-            yield { type: 'done', reason: 'stop', text: shown, tokenCount: tokens, ...(route ? { route } : {}), ...(contextTokens !== undefined ? { contextTokens } : {}) };
+            yield { type: 'done', reason: 'stop', text: shown, tokenCount: tokens, ...facts.done(tokens) };
             return;
           }
           yield* take(visible);
@@ -272,7 +292,7 @@ export class ChatSocketClient {
             this.#drop();
             yield* settle();
             finished = true;
-            yield { type: 'done', reason: 'length', text: shown, tokenCount: tokens };
+            yield { type: 'done', reason: 'length', text: shown, tokenCount: tokens, ...facts.done(tokens) };
             return;
           }
         }

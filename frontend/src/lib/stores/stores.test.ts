@@ -464,6 +464,23 @@ describe('The route and the context gauge', () => {
     expect(answer.contextTokens).toBe(37);
   });
 
+  it('an answer the page cuts at its token limit counts from the first frame', async () => {
+    const handler: Handler = (request) =>
+      request.type === 'open_inference_session'
+        ? [{ ok: true }]
+        : [
+            { ok: true, outputs: 'a', stop: false, token_count: 1, route, context_tokens: 10 },
+            ...Array.from({ length: 5 }, () => ({ ok: true, outputs: 'b', stop: false, token_count: 1 })),
+          ];
+    const { app } = setup(handler);
+    await app.models.load();
+    app.chat.initModel();
+    app.settings.setParam('max_new_tokens', 4);
+    await app.chat.send('Hello');
+    const answer = app.conversations.active!.messages[1]!;
+    expect(answer).toMatchObject({ content: 'abbb', limited: true, route, contextTokens: 13 });
+  });
+
   it('a full chat drops its oldest turns and goes on', async () => {
     const handler: Handler = (request, socket) => {
       if (request.type === 'open_inference_session') return [{ ok: true }];
