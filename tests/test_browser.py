@@ -72,7 +72,9 @@ def test_frontend_unit_tests() -> None:
 
 
 def test_chat_page_in_browser(live_server) -> None:
-    """Streaming, stop, reload, model switch, error + retry, injection, CSP, theme screenshots."""
+    """Streaming, stop, reload, model switch, error + retry, injection, CSP, theme screenshots, the swarm panel.
+
+    ``E2E_FILES`` (space-separated paths) runs some of the browser tests only, e.g. ``frontend/e2e/swarm.test.mjs``."""
     node = _tool("node")
     _require(FRONTEND / "node_modules" / "playwright-core", "playwright-core", "run `npm ci` in frontend/")
     _require(CHROMIUM_PATH, "Chromium", "run `apt-get install -y chromium` or set CHROMIUM_PATH")
@@ -85,7 +87,7 @@ def test_chat_page_in_browser(live_server) -> None:
         "NO_COLOR": "1",
     }
     code, output = _run(
-        [node, "--test", "--test-concurrency=1", "frontend/e2e/"],
+        [node, "--test", "--test-concurrency=1", *os.environ.get("E2E_FILES", "frontend/e2e/").split()],
         cwd=ROOT,
         env=env,
         timeout=E2E_TIMEOUT_S,

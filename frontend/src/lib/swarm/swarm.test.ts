@@ -88,5 +88,7 @@ describe('the README section shown in the panel', () => {
     const doc = '# T\n\n## Join the swarm\n\nRun it.\n![x](y.png)\n\n```bash\n## not a heading\n```\n\n## APIs\n\nno';
     expect(markdownSection(doc, 'Join the swarm')).toBe('Run it.\n\n```bash\n## not a heading\n```');
     expect(markdownSection(doc, 'Nope')).toBe('');
+    const wrapped = '## J\n\nOne line\nand its rest.\n- item\n  more\n\n```\nkeep\nlines\n```\nAfter.';
+    expect(markdownSection(wrapped, 'J')).toBe('One line and its rest.\n- item more\n\n```\nkeep\nlines\n```\nAfter.');
   });
 });

@@ -100,9 +100,22 @@ export function markdownSection(markdown: string, heading: string): string {
       break;
     }
   }
-  return lines
-    .slice(start + 1, end)
-    .filter((line) => !line.startsWith('![')) // pictures are the README's own
+  return unwrap(lines.slice(start + 1, end).filter((line) => !line.startsWith('!['))) // pictures are the README's own
     .join('\n')
     .trim();
+}
+
+/** The README's paragraphs are wrapped at 100 columns; the page renders line breaks, so join them (not code). */
+function unwrap(lines: string[]): string[] {
+  const out: string[] = [];
+  let fenced = false;
+  let joinable = false;
+  for (const line of lines) {
+    if (line.startsWith('```')) fenced = !fenced;
+    const starts = /^\s*$|^\s*([-*+] |\d+\. |#|\||```)/.test(line);
+    if (!fenced && joinable && !starts && !line.startsWith('```')) out[out.length - 1] += ` ${line.trim()}`;
+    else out.push(line);
+    joinable = !fenced && !line.startsWith('```') && line.trim() !== '';
+  }
+  return out;
 }
