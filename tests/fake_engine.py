@@ -66,6 +66,10 @@ class FakeEngine:
         self._check(model_key)
         return len(text)
 
+    def token_ids(self, model_key, text):
+        self._check(model_key)
+        return [ord(c) for c in text]
+
     def render_chat(self, model_key, messages):
         self._check(model_key)
         return "".join(m["content"] for m in messages)

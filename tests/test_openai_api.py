@@ -162,7 +162,8 @@ def test_seeded_sampling_is_reproducible(client):
 
 ERRORS = [
     # (SDK method, arguments, status, param, phrase)
-    ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n", "only n = 1"),
+    ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 9}, 400, "n",
+     "less than or equal to 8"),
     ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": 3}, 400, "temperature",
      "less than or equal to 2"),
     ("chat", {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "presence_penalty": 0.5}, 400,

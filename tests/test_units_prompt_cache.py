@@ -102,5 +102,7 @@ def test_a_disabled_cache_keeps_nothing_and_reserves_no_headroom():
         assert cache(engine).reserve(10, context=2048) == 266  # at least 256 tokens more
         assert cache(engine).reserve(1500, context=2048) == 1500  # 2048 is over the cache's 1000 tokens
         assert cache(engine).reserve(400, context=600) == 600  # within the model's context
+        assert cache(engine).reserve(300, context=2048, client_share=2400) == 600
+        assert cache(engine).reserve(300, context=2048, client_share=2000) == 300  # over a quarter of the share
 
     asyncio.run(main())

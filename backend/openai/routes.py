@@ -1,6 +1,6 @@
 """Routes of the OpenAI-compatible API: parse the request, call :mod:`.serving`, format the answer.
 
-``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``.
+``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/chat/completions``, ``POST /v1/completions``.
 Every error is OpenAI's ``{"error": {"message", "type", "param", "code"}}``: routes raise
 :class:`~backend.errors.ApiError` and the blueprint's handler formats it.
 """
@@ -8,6 +8,7 @@ Every error is OpenAI's ``{"error": {"message", "type", "param", "code"}}``: rou
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from pydantic import BaseModel
@@ -21,6 +22,12 @@ from . import schemas
 from .serving import OpenAIServing
 
 blueprint = Blueprint("openai", __name__, url_prefix="/v1")
+CREATED = "PETALS_CHAT_OPENAI_CREATED"  # app config: the models' ``created``, the same on every call
+
+
+def _created() -> int:
+    """The models' ``created``: when this app first listed them (stable for the app's life)."""
+    return current_app.config.setdefault(CREATED, int(time.time()))
 
 
 def error_response(e: ApiError) -> Response:
@@ -56,8 +63,14 @@ async def check_api_key():
 
 @blueprint.get("/models")
 async def list_models():
-    models = _serving().list_models(own_origin=is_own_origin(request))
+    models = _serving().list_models(own_origin=is_own_origin(request), created=_created())
     return jsonify(models.model_dump(mode="json"))
+
+
+@blueprint.get("/models/<path:model>")
+async def get_model(model: str):
+    card = _serving().model_card(model, own_origin=is_own_origin(request), created=_created())
+    return jsonify(card.model_dump(mode="json"))
 
 
 async def _generate(model: type[schemas.ChatCompletionRequest | schemas.CompletionRequest]):

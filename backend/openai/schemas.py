@@ -32,6 +32,7 @@ from ..protocol import parse
 MAX_INT = 1 << 31
 MAX_LOGPROBS = 20  # alternatives per token (OpenAI: 20 on chat, 5 on completions)
 MAX_BATCH = 64  # prompts in one /v1/completions request
+MAX_CHOICES = 8  # choices (n) of one prompt: each is a generation, run together
 R = TypeVar("R", bound=BaseModel)
 Number = Annotated[float, Strict()]  # an int or a float; never a string or a bool
 Penalty = Annotated[Number, Field(ge=-2, le=2)]
@@ -113,7 +114,8 @@ class GenerationRequest(_Request):
     top_k: StrictInt | None = Field(default=None, ge=0, le=MAX_INT, description="Extension: top-k sampling.")
     repetition_penalty: Number | None = Field(default=None, ge=0.01, le=100,
                                               description="Extension: transformers' repetition penalty.")
-    n: StrictInt = Field(default=1, ge=1, le=MAX_INT, description="Only 1 is supported.")
+    n: StrictInt = Field(default=1, ge=1, le=MAX_CHOICES,
+                         description="Choices to generate, each its own generation (run together).")
     stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
@@ -121,13 +123,6 @@ class GenerationRequest(_Request):
                                    description="Seeds the sampler (no effect on greedy decoding).")
     frequency_penalty: Penalty = Field(default=0, description="Only 0 is supported: use repetition_penalty.")
     presence_penalty: Penalty = Field(default=0, description="Only 0 is supported: use repetition_penalty.")
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, value: int) -> int:
-        if value != 1:
-            raise ValueError("only n = 1 is supported")
-        return value
 
     @field_validator("frequency_penalty", "presence_penalty")
     @classmethod

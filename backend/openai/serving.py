@@ -22,8 +22,13 @@ How OpenAI's parameters map onto generation:
   appears in the output: text that may be its start is held back until it is known.
 * ``usage``: ``prompt_tokens`` is the tokenizer's count of the rendered prompt,
   ``completion_tokens`` the tokens generated (a matched stop sequence's tokens included).
-* ``n``: only 1. Any other field is refused (400 naming it), except those of
-  :data:`~.schemas.IGNORED_FIELDS`, which cannot change the answer.
+* ``n``: up to :data:`~.schemas.MAX_CHOICES` choices, each its own generation, run together (streamed: their
+  chunks interleave, each with its ``index``); with ``seed``, choice ``i`` is seeded ``seed + i``. On a batch
+  of prompts, prompt ``p``'s choices have indexes ``p * n ...``. ``usage.prompt_tokens`` counts each prompt
+  once. Seeded choices of a non-streamed request run one after another, each reproducible (the sampler's
+  random generator is the process's); streamed ones run together and are not.
+* Any other field is refused (400 naming it), except those of :data:`~.schemas.IGNORED_FIELDS`, which
+  cannot change the answer.
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from pydantic import BaseModel
 
 from ..engine.grammar import json_schema_grammar
 from ..engine.types import SamplingParams, TokenLogprob
-from ..errors import ApiError, BadRequest
+from ..errors import ApiError, BadRequest, UnknownModel
 from ..registry import ModelSpec
 from ..routes import sse
 from ..services.chat_format import completion_stop_sequences, format_chat
@@ -49,6 +54,7 @@ from ..services.prompt_cache import PromptCache, Reuse, generate_reusing
 from . import logprobs as lp
 from . import schemas as s
 from . import tools
+from .fanout import merged, run_all
 from .logprobs import LogprobAligner
 from .stops import StopCutter
 
@@ -73,7 +79,8 @@ class Job:
     prompt: str | list[int] = ""  # the prompt as sent (text or token ids), for echo
     logprobs: int | None = None  # alternatives per token when log-probabilities are asked for
     echo: bool = False
-    index: int = 0  # the choice's index (a batch of prompts)
+    index: int = 0  # the choice's index (a batch of prompts, n choices)
+    n: int = 1  # choices of this job's prompt (the request's ``n``)
     tools: tools.ToolPlan | None = None  # tool calls are read out of the answer
 
 
@@ -161,13 +168,23 @@ class OpenAIServing:
                                                                  idle_timeout=0)
 
     # ------------------------------------------------------------------ models
-    def list_models(self, *, own_origin: bool) -> s.ModelList:
-        created = int(time.time())
+    def list_models(self, *, own_origin: bool, created: int) -> s.ModelList:
         return s.ModelList(data=[s.ModelCard(id=spec.key, created=created, owned_by=spec.family)
                                  for spec in self.service.registry.models if spec.public_api or own_origin])
 
+    def model_card(self, name: str, *, own_origin: bool, created: int) -> s.ModelCard:
+        """One model by key or alias; 404 for an unknown one, and for one not listed to this caller."""
+        spec = self.service.registry.lookup(name)
+        if spec is None or not (spec.public_api or own_origin):
+            raise UnknownModel(f"Unknown model: {name!r}; see GET /v1/models", param="model")
+        return s.ModelCard(id=spec.key, created=created, owned_by=spec.family)
+
     # ------------------------------------------------------------------ planning
-    def plan_chat(self, req: s.ChatCompletionRequest, *, own_origin: bool, request_id: str = "") -> Job:
+    def plan_chat(self, req: s.ChatCompletionRequest, *, own_origin: bool, request_id: str = "") -> list[Job]:
+        """One job per choice (``n``), sharing the response's id."""
+        return _choices(self._plan_chat(req, own_origin=own_origin, request_id=request_id), req.n)
+
+    def _plan_chat(self, req: s.ChatCompletionRequest, *, own_origin: bool, request_id: str) -> Job:
         spec = self.service.resolve_model(req.model, own_origin=own_origin)
         tool_plan = tools.plan(req)
         tools.check_tool_messages(req.messages)
@@ -189,7 +206,7 @@ class OpenAIServing:
         return format_chat(self.engine, spec, tools.fallback_messages(messages, tool_plan.definitions()))
 
     def plan_completion(self, req: s.CompletionRequest, *, own_origin: bool, request_id: str = "") -> list[Job]:
-        """One job per prompt of the batch (one choice each), sharing the response's id."""
+        """One job per choice (``n``) of each prompt of the batch, sharing the response's id."""
         spec = self.service.resolve_model(req.model, own_origin=own_origin)
         if any(not prompt for prompt in req.prompts):
             raise BadRequest("'prompt' must not be empty", param="prompt")
@@ -199,7 +216,8 @@ class OpenAIServing:
         stops = completion_stop_sequences(spec.chat) + req.stop_sequences()
         jobs = [self._plan(req, spec, prompt, stops, chat=False, request_id=request_id, limit_param="max_tokens")
                 for prompt in req.prompts]
-        return [replace(job, id=jobs[0].id, index=i, echo=req.echo) for i, job in enumerate(jobs)]
+        return [choice for i, job in enumerate(jobs)
+                for choice in _choices(replace(job, id=jobs[0].id, index=i * req.n, echo=req.echo), req.n)]
 
     def _plan(self, req: s.ChatCompletionRequest | s.CompletionRequest, spec: ModelSpec, prompt: str | list[int],
               stops: tuple[str, ...], *, chat: bool, request_id: str, limit_param: str) -> Job:
@@ -277,44 +295,53 @@ class OpenAIServing:
                             logprobs=logprobs), run
 
     async def complete(self, jobs: Job | list[Job], client: str) -> s.ChatCompletion | s.Completion:
-        """The answer to a request: one choice per job (a batch of prompts runs one after another)."""
+        """The answer to a request: one choice per job (a prompt's ``n`` choices run together unless seeded, the
+        prompts of a batch one after another)."""
         jobs = jobs if isinstance(jobs, list) else [jobs]
         choices, runs = [], []
-        for job in jobs:
-            choice, run = await self._choice(job, client)
-            choices.append(choice)
-            runs.append(run)
+        together = 1 if jobs[0].gen.sampling.seed is not None else jobs[0].n  # (seeded: see the module's doc)
+        for start in range(0, len(jobs), together):
+            for choice, run in await run_all([self._choice(job, client) for job in jobs[start:start + together]]):
+                choices.append(choice)
+                runs.append(run)
         usage = self._usage(jobs, runs)
         job = jobs[0]
         response = s.ChatCompletion if job.chat else s.Completion
         return response(id=job.id, created=job.created, model=job.spec.key, usage=usage, choices=choices)
 
     async def open_stream(self, job: Job | list[Job], client: str) -> AsyncIterator[str]:
-        """Server-Sent Events of chunks; ends with ``[DONE]``. Closing it stops the generation."""
-        job = job[0] if isinstance(job, list) else job  # (a streamed batch is refused while planning)
-        echo = await self._echo(job)
-        run = await self._start(job, client)
-        return self._events(job, run, echo)
+        """Server-Sent Events of chunks; ends with ``[DONE]``. Closing it stops the generations. The choices (``n``)
+        start together; errors until each has its first token get an HTTP status."""
+        jobs = job if isinstance(job, list) else [job]  # (one prompt: a streamed batch is refused while planning)
+        echoes = await run_all([self._echo(job) for job in jobs])
+        runs = await self._start_all(jobs, client)
+        return self._events(jobs, runs, echoes)
 
-    async def _events(self, job: Job, run: TextRun, echo: tuple[str, list, list[str]]) -> AsyncIterator[str]:
-        offset = 0
+    async def _start_all(self, jobs: list[Job], client: str) -> list[TextRun]:
+        """Every job's run; when one fails to start, the others are closed."""
+        started: list[TextRun] = []
+
+        async def start(job: Job) -> TextRun:
+            run = await self._start(job, client)
+            started.append(run)
+            return run
+
         try:
-            if job.chat:
-                yield self._chunk(job, s.ChatDelta(role="assistant", content=""))
-                parser = tools.CallParser(job.tools.names) if job.tools is not None else None
-                async for chunk in self._chat_deltas(job, run, parser):
-                    yield chunk
-            else:
-                if echo[0]:
-                    yield self._chunk(job, echo[0], logprobs=self._text_logprobs(job, echo[1], 0, echo[2]))
-                    offset = len(echo[0])
-                async for piece, entries in run.pieces():
-                    yield self._chunk(job, piece, logprobs=self._text_logprobs(job, entries, offset))
-                    offset += len(piece)
-                yield self._chunk(job, "", finish_reason=run.finish_reason)
+            return await run_all([start(job) for job in jobs])
+        except BaseException:
+            for run in started:
+                await run.close()
+            raise
+
+    async def _events(self, jobs: list[Job], runs: list[TextRun], echoes: list) -> AsyncIterator[str]:
+        job = jobs[0]
+        try:
+            async for chunk in merged([self._choice_events(*each) for each in zip(jobs, runs, echoes, strict=True)]):
+                yield chunk
             if job.include_usage:
-                yield self._chunk(job, None, usage=self._usage([job], [run]))
-            self._log_done(job, run)
+                yield self._chunk(job, None, usage=self._usage(jobs, runs))
+            for each, run in zip(jobs, runs, strict=True):
+                self._log_done(each, run)
         except ApiError as e:
             logger.info("stream failed request_id=%s: %s", job.request_id, e.message)
             yield sse.event(s.ErrorResponse.of(e).model_dump(mode="json"))
@@ -323,8 +350,26 @@ class OpenAIServing:
             yield sse.event({"error": {"message": f"Internal error: {type(e).__name__}", "type": "server_error",
                                        "param": None, "code": "internal_error"}})
         finally:
-            await run.close()
+            for run in runs:
+                await run.close()
         yield sse.DONE
+
+    async def _choice_events(self, job: Job, run: TextRun, echo: tuple[str, list, list[str]]) -> AsyncIterator[str]:
+        """One choice's chunks, up to its finish_reason."""
+        if job.chat:
+            yield self._chunk(job, s.ChatDelta(role="assistant", content=""))
+            parser = tools.CallParser(job.tools.names) if job.tools is not None else None
+            async for chunk in self._chat_deltas(job, run, parser):
+                yield chunk
+            return
+        offset = 0
+        if echo[0]:
+            yield self._chunk(job, echo[0], logprobs=self._text_logprobs(job, echo[1], 0, echo[2]))
+            offset = len(echo[0])
+        async for piece, entries in run.pieces():
+            yield self._chunk(job, piece, logprobs=self._text_logprobs(job, entries, offset))
+            offset += len(piece)
+        yield self._chunk(job, "", finish_reason=run.finish_reason)
 
     async def _chat_deltas(self, job: Job, run: TextRun, parser: tools.CallParser | None) -> AsyncIterator[str]:
         """The answer's chunks: content, and with tools each call parsed (name, then arguments)."""
@@ -351,9 +396,14 @@ class OpenAIServing:
 
     @staticmethod
     def _usage(jobs: list[Job], runs: list[TextRun]) -> s.Usage:
-        prompt_tokens = sum(job.prompt_tokens for job in jobs)
+        """Each prompt counted once (its ``n`` choices share it), with the most any of its choices found cached."""
+        prompts: dict[int, tuple[int, int]] = {}  # prompt's position -> (its tokens, cached tokens)
+        for job, run in zip(jobs, runs, strict=True):
+            tokens, cached = prompts.get(job.index // job.n, (job.prompt_tokens, 0))
+            prompts[job.index // job.n] = (tokens, max(cached, run.cached_tokens))
+        prompt_tokens = sum(tokens for tokens, _ in prompts.values())
         completion_tokens = sum(run.completion_tokens for run in runs)
-        cached = s.PromptTokensDetails(cached_tokens=sum(run.cached_tokens for run in runs))
+        cached = s.PromptTokensDetails(cached_tokens=sum(cached for _, cached in prompts.values()))
         return s.Usage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
                        total_tokens=prompt_tokens + completion_tokens, prompt_tokens_details=cached)
 
@@ -362,12 +412,12 @@ class OpenAIServing:
                usage: s.Usage | None = None, logprobs: BaseModel | None = None) -> str:
         common = {"id": job.id, "created": job.created, "model": job.spec.key, "usage": usage}
         if job.chat:
-            choices = [] if content is None else [s.ChatChunkChoice(delta=content, finish_reason=finish_reason,
-                                                                    logprobs=logprobs)]
+            choices = [] if content is None else [s.ChatChunkChoice(index=job.index, delta=content,
+                                                                    finish_reason=finish_reason, logprobs=logprobs)]
             chunk: BaseModel = s.ChatCompletionChunk(choices=choices, **common)
         else:
-            choices = [] if content is None else [s.TextChunkChoice(text=content, finish_reason=finish_reason,
-                                                                    logprobs=logprobs)]
+            choices = [] if content is None else [s.TextChunkChoice(index=job.index, text=content,
+                                                                    finish_reason=finish_reason, logprobs=logprobs)]
             chunk = s.CompletionChunk(choices=choices, **common)
         return sse.event(chunk.model_dump(mode="json"))
 
@@ -389,3 +439,19 @@ def _call_deltas(call: s.ResponseToolCall, *, index: int) -> list[s.DeltaToolCal
     return [s.DeltaToolCall(index=index, id=call.id, type="function",
                             function=s.DeltaFunctionCall(name=call.function.name, arguments="")),
             s.DeltaToolCall(index=index, function=s.DeltaFunctionCall(arguments=call.function.arguments))]
+
+
+def _choices(job: Job, n: int) -> list[Job]:
+    """``n`` jobs for ``job``'s prompt: indexes from ``job.index`` on, a seeded sampler's seed moved by one each."""
+    seed = job.gen.sampling.seed
+
+    def choice(i: int) -> Job:
+        sampling = job.gen.sampling if seed is None else replace(job.gen.sampling, seed=_shift(seed, i))
+        return replace(job, index=job.index + i, n=n, gen=replace(job.gen, sampling=sampling))
+
+    return [choice(i) for i in range(n)]
+
+
+def _shift(seed: int, i: int) -> int:
+    """``seed + i`` within the seeds the API accepts (64-bit signed)."""
+    return seed + i if seed + i < (1 << 63) else seed - i

@@ -14,8 +14,8 @@ tokenizes differently from how it was generated) gets a new session. Outputs are
 reuse: the model sees the same tokens, only fewer of them cross the swarm.
 
 New sessions reserve room for a few more turns (twice what the request needs, and at least 256 tokens more,
-within the model's context and the cache's budget), so that the next turns of a conversation fit the session
-they continue; a turn that does not fit gets a new, larger session.
+within the model's context, the cache's budget and a quarter of a client's token share), so that the next turns
+of a conversation fit the session they continue; a turn that does not fit gets a new, larger session.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from ..engine.types import Engine, EngineSession, SessionHistory
-from ..errors import Busy
 from ..registry import ModelSpec
 from .generation import Conversation, GenerateSpec, GenerationService, Round
 
@@ -72,10 +71,13 @@ class PromptCache:
         """Tokens of attention cache the kept sessions reserve together."""
         return sum(kept.session.max_length for kept in self._kept)
 
-    def reserve(self, needed: int, context: int) -> int:
-        """The ``max_length`` of a new session for a request that needs ``needed`` tokens."""
+    def reserve(self, needed: int, context: int, client_share: int | None = None) -> int:
+        """The ``max_length`` of a new session for a request that needs ``needed`` tokens: with room for the next
+        turns unless that is over the cache's budget or a quarter of a client's token share (``client_share``:
+        the headroom must not cost a client its concurrent requests)."""
         size = min(context, max(HEADROOM * needed, needed + MIN_HEADROOM))
-        return size if self.enabled and size <= self.max_tokens else needed
+        fits = size <= self.max_tokens and (client_share is None or size <= client_share // 4)
+        return size if self.enabled and fits else needed
 
     def take(self, model_key: str, prompt: Sequence[int], needed: int) -> tuple[EngineSession, SessionHistory] | None:
         """The kept session whose whole history ``prompt`` extends the furthest, with room for ``needed`` tokens
@@ -185,10 +187,5 @@ async def _conversation(service: GenerationService, cache: PromptCache, spec: Mo
             raise
         reuse.cached_tokens = history.computed
         return conversation, dataclasses.replace(req, inputs=list(ids[len(history.ids):]))
-    reserve = cache.reserve(needed, context)
-    try:
-        return await service.open(spec, reserve, client, idle=False), req
-    except Busy:
-        if reserve == needed:
-            raise
-        return await service.open(spec, needed, client, idle=False), req  # the client's token limit: no headroom
+    reserve = cache.reserve(needed, context, service.limiter.max_tokens_per_client)
+    return await service.open(spec, reserve, client, idle=False), req
