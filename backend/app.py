@@ -183,7 +183,8 @@ def served_registry(settings: Settings, *, embedded_swarm: bool = False):
 def _limiter(settings: Settings) -> SessionLimiter:
     return SessionLimiter(settings.max_sessions, settings.max_sessions_per_client,
                           max_tokens_per_client=settings.max_tokens_per_client,
-                          max_idle_per_client=settings.max_idle_sessions_per_client)
+                          max_idle_per_client=settings.max_idle_sessions_per_client,
+                          max_generations=settings.max_concurrent_generations, queue_timeout=settings.queue_timeout)
 
 
 def _client_config(settings: Settings) -> dict:

@@ -37,6 +37,7 @@ class OpenSessionRequest(_Request):
     model: StrictStr | None = None
     max_length: StrictInt = Field(ge=1, le=MAX_INT)
     resumable: StrictBool = False  # an extension: the session outlives its socket (ReattachRequest)
+    queue_updates: StrictBool = False  # an extension: while this session waits in line for capacity, :func:`queued`
 
 
 class ReattachRequest(_Request):
@@ -125,6 +126,12 @@ def delta(outputs: str, *, stop: bool, token_count: int, replay: bool = False, *
     if replay:
         reply["replay"] = True
     return reply
+
+
+def queued(position: int) -> dict[str, Any]:
+    """The place in line of a request waiting for capacity (1: next), sent only to a session opened with
+    ``queue_updates``; the request's own answer follows."""
+    return {"ok": True, "queued": True, "position": position}
 
 
 def error(message: str, code: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from quart import Blueprint, websocket
 
 from .. import protocol, slow_readers
 from ..errors import ApiError, BadRequest, SessionExpired
+from ..services import fair_queue
 from ..services.generation import Conversation, GenerateSpec, Round
 from ..services.planning import StopRules
 from ..services.resumable import Resumable
@@ -92,6 +93,7 @@ class _Connection:
         self.conversation: Conversation | None = None
         self.resumable: Resumable | None = None  # self.conversation's holder, when it was opened resumable
         self.cancelled = False  # a cancel request arrived while a generation ran
+        self.queue_updates = False  # the session was opened with queue_updates: send queued frames
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.flood: _Drop | None = None  # set by the pump: why the connection must end now
         self.generation_timeout: asyncio.Timeout | None = None
@@ -104,8 +106,10 @@ class _Connection:
     async def send(self, payload: dict) -> None:
         """Send one reply; a client that does not read it in time is dropped."""
         try:
-            await asyncio.wait_for(websocket.send(json.dumps(payload, ensure_ascii=False)),
-                                   self.settings.send_timeout)
+            # not wait_for: on Python 3.11 it loses a cancellation (the client went away) that arrives as the send
+            # completes, and the handler would then wait for requests on a dead socket
+            async with asyncio.timeout(self.settings.send_timeout):
+                await websocket.send(json.dumps(payload, ensure_ascii=False))
         except TimeoutError:
             logger.info("ws client dropped: a reply was not read within %g seconds", self.settings.send_timeout)
             raise _Drop(None, 1008) from None
@@ -231,7 +235,8 @@ class _Connection:
         generation = service()
         spec = generation.resolve_model(req.model, own_origin=self.own_origin)
         await self.close_conversation()  # a new session replaces the old one
-        self.conversation = await generation.open(spec, req.max_length, self.client)
+        self.queue_updates = req.queue_updates
+        self.conversation = await generation.open(spec, req.max_length, self.client, on_queue=self._on_queue())
         self.unused_deadline = asyncio.get_running_loop().time() + self.settings.unused_session_timeout
         logger.info("ws session opened: model=%s max_length=%d", spec.key, req.max_length)
         if req.resumable and self.app_state.resumable is not None:
@@ -267,12 +272,23 @@ class _Connection:
         stops = StopRules(stop_sequence=req.stop_sequence, extra=tuple(req.extra_stop_sequences or ()),
                           until_stop=True)
         spec = GenerateSpec(inputs=req.inputs, max_new_tokens=req.max_new_tokens, max_length=req.max_length,
-                            sampling=req.sampling(), stops=stops)
+                            sampling=req.sampling(), stops=stops, on_queue=self._on_queue())
         rounds = self.conversation.generate(spec)
         if self.resumable is not None:
             self.resumable.start(rounds)  # runs on when this socket goes away
             rounds = self.resumable.follow()
         await self.forward(rounds)
+
+    def _on_queue(self) -> fair_queue.OnPosition | None:
+        """For a session opened with ``queue_updates``: a request waiting in line sends its place (an extension:
+        other clients see no new frame). Never fails the wait (a resumable session's may run without a socket)."""
+        if not self.queue_updates:
+            return None
+
+        async def report(position: int) -> None:
+            await self.send(protocol.queued(position))
+
+        return fair_queue.suppressing(report)
 
     async def forward(self, rounds: AsyncIterator[Round]) -> None:
         """Send a generation's rounds, within the connection's time limit (and the shutdown's)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ..engine.types import Chunk, Engine, EngineSession, SamplingParams, TokenLogprob
 from ..errors import MAX_LENGTH_EXCEEDED, BadRequest, Forbidden, LengthExceeded, SwarmError, UnknownModel
 from ..registry import ModelSpec, Registry
+from .fair_queue import OnPosition
 from .limits import SessionLimiter
 from .metrics import Metrics
 from .planning import Budget, StopRules
@@ -58,6 +59,7 @@ class GenerateSpec:
     sampling: SamplingParams = SamplingParams()
     stops: StopRules = StopRules()
     round_tokens: int | None = None  # yield a Round every N tokens (None: one Round at the end)
+    on_queue: OnPosition | None = None  # told its place in line while it waits for a generation slot
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,15 @@ class Conversation:
         meanwhile (:class:`~.limits.SessionLimiter`)."""
         self.used = True
         self._set_active(True)
+        limiter = self.service.limiter
         try:
-            async with contextlib.aclosing(self._generate(req)) as rounds:
-                async for round_ in rounds:
-                    yield round_
+            await limiter.start_generation(self.client, on_position=req.on_queue)  # waits in line when all are taken
+            try:
+                async with contextlib.aclosing(self._generate(req)) as rounds:
+                    async for round_ in rounds:
+                        yield round_
+            finally:
+                limiter.end_generation()
         finally:
             self._set_active(False)
 
@@ -275,13 +282,15 @@ class GenerationService:
             self.check_ready(spec.key)
         return spec
 
-    async def open(self, spec: ModelSpec, max_length: int, client: str, *, idle: bool = True) -> Conversation:
-        """Open a session; ``idle``: it waits for requests (a socket's), else it generates at once."""
+    async def open(self, spec: ModelSpec, max_length: int, client: str, *, idle: bool = True,
+                   on_queue: OnPosition | None = None) -> Conversation:
+        """Open a session; ``idle``: it waits for requests (a socket's), else it generates at once. While every
+        session slot is taken it waits in line (``on_queue`` is told its place)."""
         limit = spec.chat.max_session_length
         if max_length > limit:
             raise BadRequest(f"max_length {max_length} exceeds the model's max_session_length of {limit}",
                              param="max_length")
-        self.limiter.acquire(client, max_length, idle=idle)
+        await self.limiter.admit(client, max_length, idle=idle, on_position=on_queue)
         try:
             session = await self.engine.open_session(spec.key, max_length)
         except BaseException:

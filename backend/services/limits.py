@@ -5,7 +5,13 @@
   most ``max_tokens_per_client``, so one address cannot reserve the swarm's whole cache;
 * idle sessions: at most ``max_idle_per_client`` sessions of an address may be open without generating (a
   session is idle from its opening until its first generation and between generations), so an address
-  cannot hold slots it does not use.
+  cannot hold slots it does not use;
+* generations: at most ``max_generations`` run at once.
+
+When the server's slots (sessions or generations) are all taken, :meth:`SessionLimiter.admit` and
+:meth:`SessionLimiter.start_generation` wait in line (:class:`~.fair_queue.FairQueue`, round robin by client address)
+for ``queue_timeout`` seconds at most, then fail with the usual ``Server is busy`` line; a client's own share
+(its sessions, tokens, idle sessions) is never waited for: over it is an error at once.
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from __future__ import annotations
 import collections
 
 from ..errors import BUSY, Busy
+from .fair_queue import FairQueue, OnPosition
 
 
 class SessionLimiter:
     def __init__(self, max_sessions: int, max_per_client: int, *, max_tokens_per_client: int | None = None,
-                 max_idle_per_client: int | None = None):
+                 max_idle_per_client: int | None = None, max_generations: int | None = None,
+                 queue_timeout: float = 0.0):
         self.max_sessions = max_sessions
         self.max_per_client = max_per_client
         self.max_tokens_per_client = max_tokens_per_client
@@ -26,12 +34,40 @@ class SessionLimiter:
         self._tokens: collections.Counter[str] = collections.Counter()
         self._idle: collections.Counter[str] = collections.Counter()
         self.open = 0
+        self.max_generations = max_generations
+        self.generations = 0
+        self.session_queue = FairQueue(queue_timeout, max_per_client)
+        self.generation_queue = FairQueue(queue_timeout, max_per_client)
 
     def acquire(self, client: str, tokens: int = 0, *, idle: bool = True) -> None:
         """Admit a new session of ``tokens`` max_length for ``client``, or raise :class:`Busy`. ``idle``: it waits
         for requests (a socket's); False: it generates at once (an HTTP request's), the idle limit does not apply."""
+        if not self._take(client, tokens, idle):
+            raise self._sessions_full()
+
+    async def admit(self, client: str, tokens: int = 0, *, idle: bool = True,
+                    on_position: OnPosition | None = None) -> None:
+        """:meth:`acquire`, waiting in line while every session slot is taken (``on_position``: told the place)."""
+        self._check_client(client, tokens, idle)
+        await self.session_queue.wait(client, lambda: self._take(client, tokens, idle), self._sessions_full,
+                                      on_position=on_position, undo=lambda: self.release(client, tokens, idle=idle))
+
+    def _sessions_full(self) -> Busy:
+        return Busy(f"{BUSY}: all {self.max_sessions} inference sessions are in use, retry later")
+
+    def _take(self, client: str, tokens: int, idle: bool) -> bool:
         if self.open >= self.max_sessions:
-            raise Busy(f"{BUSY}: all {self.max_sessions} inference sessions are in use, retry later")
+            return False
+        self._check_client(client, tokens, idle)
+        self.open += 1
+        self._per_client[client] += 1
+        self._tokens[client] += tokens
+        if idle:
+            self._idle[client] += 1
+        return True
+
+    def _check_client(self, client: str, tokens: int, idle: bool) -> None:
+        """Raise :class:`Busy` when a new session would be over ``client``'s own share."""
         if self._per_client[client] >= self.max_per_client:
             raise Busy(f"{BUSY}: this client already has {self.max_per_client} open sessions, retry later")
         limit = self.max_tokens_per_client
@@ -42,11 +78,6 @@ class SessionLimiter:
         if idle and self.max_idle_per_client is not None and self._idle[client] >= self.max_idle_per_client:
             raise Busy(f"{BUSY}: this client already holds {self.max_idle_per_client} idle sessions (open, not "
                        "generating): use or close one first")
-        self.open += 1
-        self._per_client[client] += 1
-        self._tokens[client] += tokens
-        if idle:
-            self._idle[client] += 1
 
     def generating(self, client: str, active: bool) -> None:
         """A session of ``client`` starts (``active``) or ends a generation."""
@@ -62,6 +93,26 @@ class SessionLimiter:
             self._idle[client] -= 1
         for counter in (self._per_client, self._tokens, self._idle):
             _drop_zero(counter, client)
+        self.session_queue.serve()
+
+    async def start_generation(self, client: str, *, on_position: OnPosition | None = None) -> None:
+        """Take a generation slot, waiting in line while all ``max_generations`` are taken; then
+        :meth:`end_generation` must follow."""
+        await self.generation_queue.wait(client, self._take_generation, self._generations_full,
+                                         on_position=on_position, undo=self.end_generation)
+
+    def _take_generation(self) -> bool:
+        if self.max_generations is not None and self.generations >= self.max_generations:
+            return False
+        self.generations += 1
+        return True
+
+    def _generations_full(self) -> Busy:
+        return Busy(f"{BUSY}: too many generations running, retry later")
+
+    def end_generation(self) -> None:
+        self.generations -= 1
+        self.generation_queue.serve()
 
 
 def _drop_zero(counter: collections.Counter, client: str) -> None:

@@ -1,0 +1,181 @@
+"""Waiting in line for capacity (issue 15): with every session slot or generation slot taken, a request waits (round
+robin across client addresses, ``queue_timeout`` at most) instead of failing, and succeeds once capacity frees; a
+WebSocket session opened with ``queue_updates`` sees its place in line, others see no new frame. The queue as a unit;
+the app in-process on the shared fake engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from fake_engine import FakeEngine, in_process_app, run_in_app
+
+from backend.errors import Busy
+from backend.services.fair_queue import FairQueue
+
+pytestmark = pytest.mark.timeout(60)
+
+A, B, C = ("127.0.0.2", 40000), ("127.0.0.3", 40000), ("127.0.0.4", 40000)
+OPEN = {"type": "open_inference_session", "model": "tiny", "max_length": 64}
+
+
+class _Capacity:
+    def __init__(self, free: int = 0):
+        self.free = free
+        self.taken: list[str] = []
+
+    def taker(self, name: str):
+        def take() -> bool:
+            if self.free <= 0:
+                return False
+            self.free -= 1
+            self.taken.append(name)
+            return True
+        return take
+
+
+async def _settle() -> None:
+    """Let every waiting task run until it waits again (yields to the loop, no wait for time)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def _full() -> Busy:
+    return Busy("Server is busy: full")
+
+
+def test_round_robin_order_and_positions():
+    async def scenario():
+        queue, capacity = FairQueue(10, 10), _Capacity()
+        positions: dict[str, list[int]] = {}
+
+        def waiter(client: str, name: str):
+            async def report(position: int) -> None:
+                positions.setdefault(name, []).append(position)
+            return asyncio.ensure_future(queue.wait(client, capacity.taker(name), _full, on_position=report))
+
+        tasks = []
+        for client, name in (("a", "a1"), ("a", "a2"), ("a", "a3"), ("b", "b1"), ("c", "c1")):
+            tasks.append(waiter(client, name))
+            await _settle()
+        for _ in range(5):
+            capacity.free += 1
+            queue.serve()
+            await _settle()
+        await asyncio.gather(*tasks)
+        return capacity.taken, positions, len(queue)
+
+    taken, positions, left = asyncio.run(scenario())
+    assert taken == ["a1", "b1", "c1", "a2", "a3"]  # one per client and round, not first come first served
+    assert positions == {"a1": [1], "a2": [2, 3, 4, 3, 2, 1], "a3": [3, 4, 5, 4, 3, 2, 1], "b1": [2, 1],
+                         "c1": [3, 2, 1]}  # a later client goes ahead of a's second and third
+    assert left == 0
+
+
+def test_wait_is_bounded_and_leaving_gives_back_what_was_taken():
+    async def scenario():
+        queue, capacity = FairQueue(0.2, 10), _Capacity()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(Busy, match="full"):
+            await queue.wait("a", capacity.taker("a1"), _full)
+        waited = loop.time() - started
+        undone: list[str] = []
+        task = asyncio.ensure_future(queue.wait("a", capacity.taker("a2"), _full, undo=lambda: undone.append("a2")))
+        await asyncio.sleep(0)
+        capacity.free = 1
+        queue.serve()  # a2's turn comes ...
+        task.cancel()  # ... but it leaves before it could return
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        refused = FairQueue(0, 10)  # queue_timeout 0: no waiting at all
+        with pytest.raises(Busy):
+            await refused.wait("a", _Capacity().taker("x"), _full)
+        return waited, undone, len(queue)
+
+    waited, undone, left = asyncio.run(scenario())
+    assert 0.15 < waited < 2
+    assert undone == ["a2"] and left == 0
+
+
+async def _socket(client, address):
+    ws = client.websocket("/api/v2/generate", scope_base={"client": address})
+    return ws, await ws.__aenter__()
+
+
+async def _receive(connection, timeout: float = 10) -> dict:
+    return json.loads(await asyncio.wait_for(connection.receive(), timeout))
+
+
+def test_a_session_waits_for_a_slot_and_only_a_client_that_asked_sees_its_place(registry):
+    app = in_process_app(FakeEngine(), registry, max_sessions=1, queue_timeout=20)
+
+    async def scenario(client):
+        ws_a, attacker = await _socket(client, A)
+        await attacker.send(json.dumps(OPEN))
+        held = await _receive(attacker)
+        ws_b, victim = await _socket(client, B)
+        await victim.send(json.dumps({**OPEN, "queue_updates": True}))
+        queued = await _receive(victim)  # at once: the only slot is taken
+        ws_c, old = await _socket(client, C)
+        await old.send(json.dumps(OPEN))  # an old client: waits too, and sees nothing until its answer
+        await ws_a.__aexit__(None, None, None)  # the attacker leaves: the victim is next
+        opened = await _receive(victim)
+        await victim.send(json.dumps({"type": "generate", "inputs": "x", "max_new_tokens": 1, "stop_sequence": "z"}))
+        first = await _receive(victim)
+        await ws_b.__aexit__(None, None, None)
+        old_frame = await _receive(old)
+        await ws_c.__aexit__(None, None, None)
+        return held, queued, opened, first, old_frame
+
+    held, queued, opened, first, old_frame = run_in_app(app, scenario)
+    assert held == {"ok": True}
+    assert queued == {"ok": True, "queued": True, "position": 1}
+    assert opened == {"ok": True} and first["outputs"] == "a"
+    assert old_frame == {"ok": True}  # no queued frame for a client that did not ask
+
+
+def test_a_generation_waits_for_a_generation_slot(registry):
+    app = in_process_app(FakeEngine(), registry, max_concurrent_generations=1, queue_timeout=20)
+    generate = {"type": "generate", "inputs": "x", "max_new_tokens": 1, "stop_sequence": "z"}
+
+    async def scenario(client):
+        (ws_a, attacker), (ws_b, victim) = await _socket(client, A), await _socket(client, B)
+        await attacker.send(json.dumps(OPEN))
+        await victim.send(json.dumps({**OPEN, "queue_updates": True}))
+        opened = [await _receive(attacker), await _receive(victim)]
+        await attacker.send(json.dumps(generate))
+        attacker_first = await _receive(attacker)  # the only slot is the attacker's now
+        await victim.send(json.dumps(generate))
+        frames = [await _receive(victim), await _receive(victim)]  # its place, then its first token once the
+        await ws_a.__aexit__(None, None, None)                    # attacker's generation ends (the fake fails it)
+        await ws_b.__aexit__(None, None, None)
+        return opened, attacker_first, frames
+
+    opened, attacker_first, frames = run_in_app(app, scenario)
+    assert opened == [{"ok": True}, {"ok": True}] and attacker_first["outputs"] == "a"
+    assert frames[0] == {"ok": True, "queued": True, "position": 1}
+    assert frames[1]["ok"] is True and frames[1]["outputs"] == "a", frames
+
+
+def test_when_the_wait_ends_without_capacity_the_error_is_the_usual_line(registry):
+    app = in_process_app(FakeEngine(), registry, max_sessions=1, queue_timeout=0.3)
+
+    async def scenario(client):
+        (ws_a, attacker), (ws_b, victim) = await _socket(client, A), await _socket(client, B)
+        await attacker.send(json.dumps(OPEN))
+        await _receive(attacker)
+        await victim.send(json.dumps(OPEN))
+        refused = await _receive(victim)
+        http = await client.post("/api/v1/generate", json={"model": "tiny", "inputs": "x", "max_new_tokens": 1},
+                                 scope_base={"client": C})
+        await ws_a.__aexit__(None, None, None)
+        await ws_b.__aexit__(None, None, None)
+        return refused, http.status_code, await http.get_json()
+
+    refused, status, body = run_in_app(app, scenario)
+    assert refused["ok"] is False and refused["code"] == "busy", refused
+    assert refused["traceback"] == "Server is busy: all 1 inference sessions are in use, retry later"
+    assert status == 429 and body["code"] == "busy"
