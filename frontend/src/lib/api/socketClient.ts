@@ -78,6 +78,10 @@ export interface SocketClientOptions {
   initialMaxLength?: number;
   /** Open sessions that survive a dropped socket (the server's `resumable` extension). */
   resumable?: boolean;
+  /** Ask the server for a request's place in line while it waits for capacity (`queue_updates`). */
+  queueUpdates?: boolean;
+  /** The place in line (1: next) of the request that waits for capacity; null once it no longer waits. */
+  onQueued?: (position: number | null) => void;
   /** Waits between reconnection attempts (ms); default RECONNECT_DELAYS. */
   reconnectDelays?: number[];
   onStatus?: (status: ConnectionStatus) => void;
@@ -135,6 +139,7 @@ export class ChatSocketClient {
   #session: Session | null = null;
   #budget: number;
   #budgetModel = '';
+  #queuedAt: number | null = null;
 
   constructor(options: SocketClientOptions) {
     this.#options = options;
@@ -251,6 +256,11 @@ export class ChatSocketClient {
             throw new ChatError('connection', 'The connection to the server was lost', next.reason);
           }
           const event = next.event;
+          if (event.kind === 'queued') {
+            this.#queued(event.position);
+            continue;
+          }
+          this.#queued(null);
           if (event.kind === 'ack') continue;
           if (event.kind === 'error') {
             this.#drop();
@@ -300,6 +310,7 @@ export class ChatSocketClient {
       }
     } finally {
       turn.signal?.removeEventListener('abort', onAbort);
+      this.#queued(null);
       // Left mid-answer (consumer stopped iterating, or an error): the session is unusable.
       if (!finished) this.#drop();
       this.#status('idle');
@@ -373,10 +384,12 @@ export class ChatSocketClient {
       model: turn.model,
       max_length: maxLength,
       ...(this.#options.resumable ? { resumable: true } : {}),
+      ...(this.#options.queueUpdates ? { queue_updates: true } : {}),
     });
     for (;;) {
       const next = await channel.next();
       if (next.kind === 'closed') throw new ConnectionLost(next.reason);
+      this.#queued(next.event.kind === 'queued' ? next.event.position : null);
       if (next.event.kind === 'ack') {
         session.resumeToken = next.event.resumeToken ?? null;
         break;
@@ -402,6 +415,12 @@ export class ChatSocketClient {
       }
     }
     session?.channel.close();
+  }
+
+  #queued(position: number | null): void {
+    if (position === this.#queuedAt) return;
+    this.#queuedAt = position;
+    this.#options.onQueued?.(position);
   }
 
   #status(status: ConnectionStatus): void {

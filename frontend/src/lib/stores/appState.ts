@@ -40,7 +40,9 @@ export function createAppState(deps: AppDeps): AppState {
     url: deps.socketUrl,
     createSocket: deps.createSocket,
     resumable: true,
+    queueUpdates: true,
     onStatus: (status) => connection.setStatus(status),
+    onQueued: (position) => (connection.queuePosition = position),
   });
   const chat = new ChatController({ client, conversations, settings, models, connection });
   return { models, settings, conversations, connection, chat, markdown: new MarkdownRenderer() };

@@ -14,6 +14,8 @@ export class ConnectionStore {
   error = $state<ShownError | null>(null);
   tokensPerSecond = $state<number | null>(null);
   tokenCount = $state(0);
+  /** The request's place in line while the server has no capacity for it (1: next); null: not waiting. */
+  queuePosition = $state<number | null>(null);
 
   readonly #now: () => number;
   #firstTokenAt: number | null = null;

@@ -15,6 +15,8 @@ export interface OpenSessionRequest {
   max_length: number;
   /** The session outlives its socket for the server's reattach window (answered with a `resume_token`). */
   resumable?: boolean;
+  /** While a request of the session waits in line for capacity, the server sends its place (`QueuedResponse`). */
+  queue_updates?: boolean;
 }
 
 /** Takes over a resumable session whose socket went away. */
@@ -60,6 +62,13 @@ export interface AckResponse {
   generating?: boolean;
   /** Answer to `reattach`: how many `generate` requests the session has received. */
   generations?: number;
+}
+
+/** A request's place in line (1: next) while it waits for capacity (sessions opened with `queue_updates`). */
+export interface QueuedResponse {
+  ok: true;
+  queued: true;
+  position: number;
 }
 
 /** One round of generated text (`stop: false`) or the last one (`stop: true`). */
@@ -113,11 +122,12 @@ export interface ErrorResponse {
   code?: ErrorCode;
 }
 
-export type ServerResponse = AckResponse | OutputResponse | ErrorResponse;
+export type ServerResponse = AckResponse | QueuedResponse | OutputResponse | ErrorResponse;
 
 /** The same responses as a tagged union that is convenient to switch over. */
 export type ServerEvent =
   | { kind: 'ack'; resumeToken?: string; generations?: number }
+  | { kind: 'queued'; position: number }
   | {
       kind: 'output';
       text: string;
@@ -154,6 +164,7 @@ export function parseServerFrame(data: unknown): ServerEvent {
     const code = typeof value.code === 'string' ? (value.code as ErrorCode) : 'unknown';
     return { kind: 'error', code, traceback };
   }
+  if (value.queued === true && typeof value.position === 'number') return { kind: 'queued', position: value.position };
   if (!('outputs' in value)) {
     const ack: ServerEvent = { kind: 'ack' };
     if (typeof value.resume_token === 'string') ack.resumeToken = value.resume_token;
