@@ -1,11 +1,11 @@
-"""A TCP proxy that delays every chunk by a fixed one-way time, in both directions (user-space ``netem delay``).
+"""A TCP proxy that delays every chunk by a one-way time, in both directions (a user-space ``netem delay``).
 
 ``DelayProxy`` listens on some addresses and forwards each to a target. Every chunk read from either side is written
-to the other side at its arrival time plus ``delay`` seconds: chunks keep their order, a slow chunk never holds the
-next one back by more than its own due time (each is released at ``arrival + delay``, not ``previous release +
-delay``), and an end of stream (half-close) travels with the same delay. Lowering the delay on a live connection
-never reorders it: a chunk is never released before the one ahead of it. So a connection through the proxy has a
-round-trip time of ``2 * delay`` more than without it; set ``delay = RTT / 2``.
+to the other side at its arrival time plus ``delay`` seconds: chunks keep their order but do not queue behind each
+other's delay (each is released at its own ``arrival + delay``, not at the previous release plus ``delay``), and an
+end of stream (half-close) travels with the same delay. The delay may change on live connections; lowering it never
+reorders a connection (no chunk is released before the one ahead of it). A connection through the proxy has a
+round-trip time ``2 * delay`` longer than without it: set ``delay = RTT / 2``.
 
 As a program (used by ``bench.latency`` inside network namespaces)::
 
