@@ -179,3 +179,114 @@ def test_when_the_wait_ends_without_capacity_the_error_is_the_usual_line(registr
     assert refused["ok"] is False and refused["code"] == "busy", refused
     assert refused["traceback"] == "Server is busy: all 1 inference sessions are in use, retry later"
     assert status == 429 and body["code"] == "busy"
+
+
+class CacheEngine(FakeEngine):
+    """A swarm with ``capacity`` tokens of attention cache: a session takes its max_length at its first step
+    (CacheFull when that does not fit, as Petals servers refuse it) and gives it back when closed."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.holding: list = []
+        self.refused = 0
+
+    async def close_session(self, session):
+        await super().close_session(session)
+        if session in self.holding:
+            self.holding.remove(session)
+
+    async def stream(self, session, inputs, params, *, max_new_tokens, stop_sequences):
+        from backend.engine.types import Chunk
+        from backend.errors import CacheFull
+
+        if session not in self.holding:
+            if sum(s.max_length for s in self.holding) + session.max_length > self.capacity:
+                self.refused += 1
+                raise CacheFull("The swarm is out of capacity: attention cache is full, retry later or ask for a "
+                                "smaller max_length")
+            self.holding.append(session)
+        yield Chunk(text="a", tokens=1)
+        yield Chunk(text="", tokens=0, finish_reason="stop")
+
+
+async def _until_stop(connection, frames: list[dict]) -> list[dict]:
+    while frames[-1].get("ok") and not frames[-1].get("stop"):
+        frames.append(await _receive(connection))
+    return frames
+
+
+async def _until(check, what: str, timeout: float = 10) -> None:
+    """Poll ``check()`` on the loop (the app runs on it) until true; fail after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def _cache_scenario(app, victim_options: dict):
+    generate = {"type": "generate", "inputs": "x", "max_new_tokens": 1, "stop_sequence": "z"}
+
+    async def scenario(client):
+        (ws_a, attacker), (ws_b, victim) = await _socket(client, A), await _socket(client, B)
+        await attacker.send(json.dumps({**OPEN, "max_length": 80}))
+        await victim.send(json.dumps({**OPEN, **victim_options}))
+        opened = [await _receive(attacker), await _receive(victim)]
+        await attacker.send(json.dumps(generate))
+        held = await _until_stop(attacker, [await _receive(attacker)])  # it holds 80 of the swarm's 100 tokens now
+        await victim.send(json.dumps(generate))
+        limiter = app.extensions["petals_chat"].service.limiter
+        await _until(lambda: len(limiter.cache_queue) == 1, "the victim to wait for the cache")
+        await ws_a.__aexit__(None, None, None)  # the attacker's session closes: its cache is freed
+        answer = await _until_stop(victim, [await _receive(victim)])
+        await ws_b.__aexit__(None, None, None)
+        return opened, held, answer
+
+    return scenario
+
+
+def test_a_first_generation_waits_for_the_swarms_cache(registry):
+    engine = CacheEngine(capacity=100)
+    app = in_process_app(engine, registry, queue_timeout=20)
+    opened, held, answer = run_in_app(app, _cache_scenario(app, {"queue_updates": True}))
+    assert opened == [{"ok": True}, {"ok": True}] and held[-1]["stop"] is True
+    assert answer[0] == {"ok": True, "queued": True, "position": 1}, answer
+    assert [frame["outputs"] for frame in answer[1:]] == ["a", ""] and answer[-1]["stop"] is True
+    assert engine.refused == 1 and engine.open_sessions == 0 and not engine.holding
+
+
+def test_an_old_client_waits_for_the_cache_without_new_frames(registry):
+    engine = CacheEngine(capacity=100)
+    app = in_process_app(engine, registry, queue_timeout=20)
+    opened, held, answer = run_in_app(app, _cache_scenario(app, {}))
+    assert [frame["outputs"] for frame in answer] == ["a", ""] and answer[-1]["stop"] is True
+    assert all("queued" not in frame for frame in answer)
+
+
+def test_when_the_cache_stays_full_the_error_is_cache_full_at_once(registry):
+    engine = CacheEngine(capacity=100)
+    app = in_process_app(engine, registry, queue_timeout=0.3)
+
+    async def scenario(client):
+        (ws_a, attacker), (ws_b, victim) = await _socket(client, A), await _socket(client, B)
+        await attacker.send(json.dumps({**OPEN, "max_length": 80}))
+        await victim.send(json.dumps(OPEN))
+        await _receive(attacker), await _receive(victim)
+        generate = {"type": "generate", "inputs": "x", "max_new_tokens": 1, "stop_sequence": "z"}
+        await attacker.send(json.dumps(generate))
+        await _until_stop(attacker, [await _receive(attacker)])
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await victim.send(json.dumps(generate))
+        refused = await _receive(victim)
+        waited = loop.time() - started
+        await ws_a.__aexit__(None, None, None)
+        await ws_b.__aexit__(None, None, None)
+        return refused, waited
+
+    refused, waited = run_in_app(app, scenario)
+    assert refused["ok"] is False and refused["code"] == "cache_full" and "attention cache is full" in \
+        refused["traceback"], refused
+    assert 0.2 < waited < 5

@@ -39,29 +39,32 @@ class FairQueue:
         return sum(len(line) for line in self._ring.values())
 
     async def wait(self, client: str, take: Take, full: Callable[[], ApiError], *,
-                   on_position: OnPosition | None = None, undo: Callable[[], None] | None = None) -> None:
+                   on_position: OnPosition | None = None, undo: Callable[[], None] | None = None,
+                   max_wait: float | None = None) -> None:
         """Return once ``take()`` succeeded (at once when nobody waits and it does); raise ``full()`` when the wait
-        is not allowed or ``max_wait`` passes first. ``undo`` gives back what ``take`` took, should this task be
-        cancelled after its turn came but before it could return."""
+        is not allowed or ``max_wait`` (default: the queue's) passes first. ``undo`` gives back what ``take`` took,
+        should this task be cancelled after its turn came but before it could return."""
         if not self._ring and take():
             return
-        if self.max_wait <= 0 or len(self._ring.get(client, ())) >= self.max_per_client:
+        max_wait = self.max_wait if max_wait is None else min(max_wait, self.max_wait)
+        if max_wait <= 0 or len(self._ring.get(client, ())) >= self.max_per_client:
             raise full()
         waiter = _Waiter(client, take)
         self._ring.setdefault(client, collections.deque()).append(waiter)
         self._moved()  # a newcomer may go ahead of a client's later waiters (round robin)
         try:
             self.serve()
-            await self._wait_turn(waiter, full, on_position)
+            await self._wait_turn(waiter, full, on_position, max_wait)
         except BaseException:
             self._remove(waiter)
             if waiter.done.done() and not waiter.done.cancelled() and waiter.done.exception() is None and undo:
                 undo()  # our turn came, but we leave: give the capacity back
             raise
 
-    async def _wait_turn(self, waiter: _Waiter, full: Callable[[], ApiError], on_position: OnPosition | None):
+    async def _wait_turn(self, waiter: _Waiter, full: Callable[[], ApiError], on_position: OnPosition | None,
+                         max_wait: float):
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait
+        deadline = loop.time() + max_wait
         reported = None
         while not waiter.done.done():
             position = self.position(waiter)

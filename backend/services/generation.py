@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from ..engine.types import Chunk, Engine, EngineSession, SamplingParams, TokenLogprob
-from ..errors import MAX_LENGTH_EXCEEDED, BadRequest, Forbidden, LengthExceeded, SwarmError, UnknownModel
+from ..errors import MAX_LENGTH_EXCEEDED, BadRequest, CacheFull, Forbidden, LengthExceeded, SwarmError, UnknownModel
 from ..registry import ModelSpec, Registry
 from .fair_queue import OnPosition
 from .limits import SessionLimiter
@@ -113,19 +113,45 @@ class Conversation:
     async def generate(self, req: GenerateSpec) -> AsyncIterator[Round]:
         """Run one generation request; yield its replies (one, or one per round). The session is not idle
         meanwhile (:class:`~.limits.SessionLimiter`)."""
+        first = not self.used
         self.used = True
         self._set_active(True)
         limiter = self.service.limiter
         try:
             await limiter.start_generation(self.client, on_position=req.on_queue)  # waits in line when all are taken
             try:
-                async with contextlib.aclosing(self._generate(req)) as rounds:
+                rounds = self._generate_waiting_for_cache(req) if first else self._generate(req)
+                async with contextlib.aclosing(rounds):
                     async for round_ in rounds:
                         yield round_
             finally:
                 limiter.end_generation()
         finally:
             self._set_active(False)
+
+    async def _generate_waiting_for_cache(self, req: GenerateSpec) -> AsyncIterator[Round]:
+        """A session's first generation: when the swarm has no cache left for it, it waits in line for sessions
+        here to close (:meth:`~.limits.SessionLimiter.wait_for_cache`, ``queue_timeout`` in all), then tries
+        again on a new engine session (nothing was in the old one); the CacheFull error when the wait ends."""
+        limiter = self.service.limiter
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limiter.cache_queue.max_wait
+        while True:
+            since, started = limiter.freed_tokens, False
+            try:
+                async with contextlib.aclosing(self._generate(req)) as rounds:
+                    async for round_ in rounds:
+                        started = True
+                        yield round_
+                return
+            except CacheFull as full:
+                if started:
+                    raise
+                await limiter.wait_for_cache(self.client, self.tokens, full, since=since,
+                                             max_wait=deadline - loop.time(), on_position=req.on_queue)
+            engine = self.service.engine
+            await engine.close_session(self.session)
+            self.session = await engine.open_session(self.spec.key, self.session.max_length)
 
     async def _plan(self, req: GenerateSpec) -> _Plan:
         """Check the request against the session's budget (:mod:`.planning`) and size its rounds."""

@@ -6,7 +6,9 @@
 * idle sessions: at most ``max_idle_per_client`` sessions of an address may be open without generating (a
   session is idle from its opening until its first generation and between generations), so an address
   cannot hold slots it does not use;
-* generations: at most ``max_generations`` run at once.
+* generations: at most ``max_generations`` run at once;
+* the swarm's attention cache: a session's first generation that finds it full (``CacheFull``) waits in line
+  (:meth:`SessionLimiter.wait_for_cache`) until sessions holding as many tokens as it needs have closed here.
 
 When the server's slots (sessions or generations) are all taken, :meth:`SessionLimiter.admit` and
 :meth:`SessionLimiter.start_generation` wait in line (:class:`~.fair_queue.FairQueue`, round robin by client address)
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import collections
 
-from ..errors import BUSY, Busy
+from ..errors import BUSY, ApiError, Busy
 from .fair_queue import FairQueue, OnPosition
 
 
@@ -38,6 +40,9 @@ class SessionLimiter:
         self.generations = 0
         self.session_queue = FairQueue(queue_timeout, max_per_client)
         self.generation_queue = FairQueue(queue_timeout, max_per_client)
+        self.cache_queue = FairQueue(queue_timeout, max_per_client)
+        self.freed_tokens = 0  # max_length of every session closed so far (their cache freed in the swarm)
+        self._cache_credit = 0  # of those, tokens freed while generations wait for cache, not yet handed out
 
     def acquire(self, client: str, tokens: int = 0, *, idle: bool = True) -> None:
         """Admit a new session of ``tokens`` max_length for ``client``, or raise :class:`Busy`. ``idle``: it waits
@@ -94,6 +99,31 @@ class SessionLimiter:
         for counter in (self._per_client, self._tokens, self._idle):
             _drop_zero(counter, client)
         self.session_queue.serve()
+        self.cache_freed(tokens)
+
+    def cache_freed(self, tokens: int) -> None:
+        """Sessions of ``tokens`` max_length in all were closed in the swarm: generations waiting for cache may fit."""
+        self.freed_tokens += tokens
+        if len(self.cache_queue):
+            self._cache_credit += tokens
+            self.cache_queue.serve()
+
+    async def wait_for_cache(self, client: str, tokens: int, error: ApiError, *, since: int, max_wait: float,
+                             on_position: OnPosition | None = None) -> None:
+        """Wait in line until sessions of ``tokens`` max_length in all have closed (since ``freed_tokens`` was
+        ``since``, or while waiting), so a session of ``tokens`` may fit in the swarm's cache again; ``error``
+        (the CacheFull) after ``max_wait`` seconds."""
+        if not len(self.cache_queue):
+            self._cache_credit = 0
+        self._cache_credit += self.freed_tokens - since
+
+        def take() -> bool:
+            if self._cache_credit < tokens:
+                return False
+            self._cache_credit -= tokens
+            return True
+
+        await self.cache_queue.wait(client, take, lambda: error, on_position=on_position, max_wait=max_wait)
 
     async def start_generation(self, client: str, *, on_position: OnPosition | None = None) -> None:
         """Take a generation slot, waiting in line while all ``max_generations`` are taken; then
