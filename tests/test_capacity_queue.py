@@ -12,7 +12,8 @@ import json
 import pytest
 from fake_engine import FakeEngine, in_process_app, run_in_app
 
-from backend.errors import Busy
+from backend.engine.types import Chunk
+from backend.errors import Busy, CacheFull
 from backend.services.fair_queue import FairQueue
 
 pytestmark = pytest.mark.timeout(60)
@@ -100,92 +101,12 @@ def test_wait_is_bounded_and_leaving_gives_back_what_was_taken():
     assert undone == ["a2"] and left == 0
 
 
-async def _socket(client, address):
-    ws = client.websocket("/api/v2/generate", scope_base={"client": address})
-    return ws, await ws.__aenter__()
+class SwarmEngine(FakeEngine):
+    """Finite answers ('a', then the stop), or with inputs 'hold' an answer that goes on until its client leaves. With
+    ``capacity``: a swarm with that many tokens of attention cache, which a session takes (its max_length) at its
+    first step, CacheFull when that does not fit (as Petals servers refuse it), and gives back when closed."""
 
-
-async def _receive(connection, timeout: float = 10) -> dict:
-    return json.loads(await asyncio.wait_for(connection.receive(), timeout))
-
-
-def test_a_session_waits_for_a_slot_and_only_a_client_that_asked_sees_its_place(registry):
-    app = in_process_app(FakeEngine(), registry, max_sessions=1, queue_timeout=20)
-
-    async def scenario(client):
-        ws_a, attacker = await _socket(client, A)
-        await attacker.send(json.dumps(OPEN))
-        held = await _receive(attacker)
-        ws_b, victim = await _socket(client, B)
-        await victim.send(json.dumps({**OPEN, "queue_updates": True}))
-        queued = await _receive(victim)  # at once: the only slot is taken
-        ws_c, old = await _socket(client, C)
-        await old.send(json.dumps(OPEN))  # an old client: waits too, and sees nothing until its answer
-        await ws_a.__aexit__(None, None, None)  # the attacker leaves: the victim is next
-        opened = await _receive(victim)
-        await victim.send(json.dumps({"type": "generate", "inputs": "x", "max_new_tokens": 1, "stop_sequence": "z"}))
-        first = await _receive(victim)
-        await ws_b.__aexit__(None, None, None)
-        old_frame = await _receive(old)
-        await ws_c.__aexit__(None, None, None)
-        return held, queued, opened, first, old_frame
-
-    held, queued, opened, first, old_frame = run_in_app(app, scenario)
-    assert held == {"ok": True}
-    assert queued == {"ok": True, "queued": True, "position": 1}
-    assert opened == {"ok": True} and first["outputs"] == "a"
-    assert old_frame == {"ok": True}  # no queued frame for a client that did not ask
-
-
-def test_a_generation_waits_for_a_generation_slot(registry):
-    app = in_process_app(FakeEngine(), registry, max_concurrent_generations=1, queue_timeout=20)
-    generate = {"type": "generate", "inputs": "x", "max_new_tokens": 1, "stop_sequence": "z"}
-
-    async def scenario(client):
-        (ws_a, attacker), (ws_b, victim) = await _socket(client, A), await _socket(client, B)
-        await attacker.send(json.dumps(OPEN))
-        await victim.send(json.dumps({**OPEN, "queue_updates": True}))
-        opened = [await _receive(attacker), await _receive(victim)]
-        await attacker.send(json.dumps(generate))
-        attacker_first = await _receive(attacker)  # the only slot is the attacker's now
-        await victim.send(json.dumps(generate))
-        frames = [await _receive(victim), await _receive(victim)]  # its place, then its first token once the
-        await ws_a.__aexit__(None, None, None)                    # attacker's generation ends (the fake fails it)
-        await ws_b.__aexit__(None, None, None)
-        return opened, attacker_first, frames
-
-    opened, attacker_first, frames = run_in_app(app, scenario)
-    assert opened == [{"ok": True}, {"ok": True}] and attacker_first["outputs"] == "a"
-    assert frames[0] == {"ok": True, "queued": True, "position": 1}
-    assert frames[1]["ok"] is True and frames[1]["outputs"] == "a", frames
-
-
-def test_when_the_wait_ends_without_capacity_the_error_is_the_usual_line(registry):
-    app = in_process_app(FakeEngine(), registry, max_sessions=1, queue_timeout=0.3)
-
-    async def scenario(client):
-        (ws_a, attacker), (ws_b, victim) = await _socket(client, A), await _socket(client, B)
-        await attacker.send(json.dumps(OPEN))
-        await _receive(attacker)
-        await victim.send(json.dumps(OPEN))
-        refused = await _receive(victim)
-        http = await client.post("/api/v1/generate", json={"model": "tiny", "inputs": "x", "max_new_tokens": 1},
-                                 scope_base={"client": C})
-        await ws_a.__aexit__(None, None, None)
-        await ws_b.__aexit__(None, None, None)
-        return refused, http.status_code, await http.get_json()
-
-    refused, status, body = run_in_app(app, scenario)
-    assert refused["ok"] is False and refused["code"] == "busy", refused
-    assert refused["traceback"] == "Server is busy: all 1 inference sessions are in use, retry later"
-    assert status == 429 and body["code"] == "busy"
-
-
-class CacheEngine(FakeEngine):
-    """A swarm with ``capacity`` tokens of attention cache: a session takes its max_length at its first step
-    (CacheFull when that does not fit, as Petals servers refuse it) and gives it back when closed."""
-
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int | None = None):
         super().__init__()
         self.capacity = capacity
         self.holding: list = []
@@ -197,17 +118,29 @@ class CacheEngine(FakeEngine):
             self.holding.remove(session)
 
     async def stream(self, session, inputs, params, *, max_new_tokens, stop_sequences):
-        from backend.engine.types import Chunk
-        from backend.errors import CacheFull
-
-        if session not in self.holding:
+        if self.capacity is not None and session not in self.holding:
             if sum(s.max_length for s in self.holding) + session.max_length > self.capacity:
                 self.refused += 1
                 raise CacheFull("The swarm is out of capacity: attention cache is full, retry later or ask for a "
                                 "smaller max_length")
             self.holding.append(session)
         yield Chunk(text="a", tokens=1)
+        if inputs == "hold":
+            await asyncio.Event().wait()  # until the client leaves (cancelled)
         yield Chunk(text="", tokens=0, finish_reason="stop")
+
+
+GENERATE = {"type": "generate", "inputs": "x", "max_new_tokens": 1, "stop_sequence": "z"}
+HOLD = {**GENERATE, "inputs": "hold"}
+
+
+async def _socket(client, address):
+    ws = client.websocket("/api/v2/generate", scope_base={"client": address})
+    return ws, await ws.__aenter__()
+
+
+async def _receive(connection, timeout: float = 10) -> dict:
+    return json.loads(await asyncio.wait_for(connection.receive(), timeout))
 
 
 async def _until_stop(connection, frames: list[dict]) -> list[dict]:
@@ -226,60 +159,131 @@ async def _until(check, what: str, timeout: float = 10) -> None:
         await asyncio.sleep(0.01)
 
 
-def _cache_scenario(app, victim_options: dict):
-    generate = {"type": "generate", "inputs": "x", "max_new_tokens": 1, "stop_sequence": "z"}
+def _limiter(app):
+    return app.extensions["petals_chat"].service.limiter
+
+
+async def _holding(client, address, max_length: int = 64):
+    """A client whose session generates without end (it holds its slot, its generation slot and its cache)."""
+    ws, connection = await _socket(client, address)
+    await connection.send(json.dumps({**OPEN, "max_length": max_length}))
+    assert await _receive(connection) == {"ok": True}
+    await connection.send(json.dumps(HOLD))
+    assert (await _receive(connection))["outputs"] == "a"
+    return ws
+
+
+def test_a_session_waits_for_a_slot_and_only_a_client_that_asked_sees_its_place(registry):
+    app = in_process_app(SwarmEngine(), registry, max_sessions=1, queue_timeout=20)
 
     async def scenario(client):
-        (ws_a, attacker), (ws_b, victim) = await _socket(client, A), await _socket(client, B)
-        await attacker.send(json.dumps({**OPEN, "max_length": 80}))
+        ws_a = await _holding(client, A)
+        ws_b, victim = await _socket(client, B)
+        await victim.send(json.dumps({**OPEN, "queue_updates": True}))
+        queued = await _receive(victim)  # at once: the only slot is taken
+        ws_c, old = await _socket(client, C)
+        await old.send(json.dumps(OPEN))  # an old client: waits too, and sees nothing until its answer
+        await _until(lambda: len(_limiter(app).session_queue) == 2, "both to wait")
+        await ws_a.__aexit__(None, None, None)  # the attacker leaves: the victim is next
+        opened = await _receive(victim)
+        await victim.send(json.dumps(GENERATE))
+        answer = await _until_stop(victim, [await _receive(victim)])
+        await ws_b.__aexit__(None, None, None)
+        old_frame = await _receive(old)
+        await ws_c.__aexit__(None, None, None)
+        return queued, opened, answer, old_frame
+
+    queued, opened, answer, old_frame = run_in_app(app, scenario)
+    assert queued == {"ok": True, "queued": True, "position": 1}
+    assert opened == {"ok": True} and answer[0]["outputs"] == "a" and answer[-1]["stop"] is True
+    assert old_frame == {"ok": True}  # no queued frame for a client that did not ask
+
+
+def test_a_generation_waits_for_a_generation_slot(registry):
+    app = in_process_app(SwarmEngine(), registry, max_concurrent_generations=1, queue_timeout=20)
+
+    async def scenario(client):
+        ws_b, victim = await _socket(client, B)
+        await victim.send(json.dumps({**OPEN, "queue_updates": True}))
+        opened = await _receive(victim)
+        ws_a = await _holding(client, A)  # the only generation slot is the attacker's now
+        await victim.send(json.dumps(GENERATE))
+        queued = await _receive(victim)
+        await ws_a.__aexit__(None, None, None)
+        answer = await _until_stop(victim, [await _receive(victim)])
+        await ws_b.__aexit__(None, None, None)
+        return opened, queued, answer
+
+    opened, queued, answer = run_in_app(app, scenario)
+    assert opened == {"ok": True} and queued == {"ok": True, "queued": True, "position": 1}
+    assert answer[0]["outputs"] == "a" and answer[-1]["stop"] is True
+
+
+def test_when_the_wait_ends_without_capacity_the_error_is_the_usual_line(registry):
+    app = in_process_app(SwarmEngine(), registry, max_sessions=1, queue_timeout=0.3)
+
+    async def scenario(client):
+        ws_a = await _holding(client, A)
+        ws_b, victim = await _socket(client, B)
+        await victim.send(json.dumps(OPEN))
+        refused = await _receive(victim)
+        http = await client.post("/api/v1/generate", json={"model": "tiny", "inputs": "x", "max_new_tokens": 1},
+                                 scope_base={"client": C})
+        await ws_a.__aexit__(None, None, None)
+        await ws_b.__aexit__(None, None, None)
+        return refused, http.status_code, await http.get_json()
+
+    refused, status, body = run_in_app(app, scenario)
+    assert refused["ok"] is False and refused["code"] == "busy", refused
+    assert refused["traceback"] == "Server is busy: all 1 inference sessions are in use, retry later"
+    assert status == 429 and body["code"] == "busy"
+
+
+def _cache_scenario(app, victim_options: dict):
+    async def scenario(client):
+        ws_a = await _holding(client, A, max_length=80)  # it holds 80 of the swarm's 100 tokens
+        ws_b, victim = await _socket(client, B)
         await victim.send(json.dumps({**OPEN, **victim_options}))
-        opened = [await _receive(attacker), await _receive(victim)]
-        await attacker.send(json.dumps(generate))
-        held = await _until_stop(attacker, [await _receive(attacker)])  # it holds 80 of the swarm's 100 tokens now
-        await victim.send(json.dumps(generate))
-        limiter = app.extensions["petals_chat"].service.limiter
-        await _until(lambda: len(limiter.cache_queue) == 1, "the victim to wait for the cache")
+        opened = await _receive(victim)
+        await victim.send(json.dumps(GENERATE))
+        await _until(lambda: len(_limiter(app).cache_queue) == 1, "the victim to wait for the cache")
         await ws_a.__aexit__(None, None, None)  # the attacker's session closes: its cache is freed
         answer = await _until_stop(victim, [await _receive(victim)])
         await ws_b.__aexit__(None, None, None)
-        return opened, held, answer
+        return opened, answer
 
     return scenario
 
 
 def test_a_first_generation_waits_for_the_swarms_cache(registry):
-    engine = CacheEngine(capacity=100)
+    engine = SwarmEngine(capacity=100)
     app = in_process_app(engine, registry, queue_timeout=20)
-    opened, held, answer = run_in_app(app, _cache_scenario(app, {"queue_updates": True}))
-    assert opened == [{"ok": True}, {"ok": True}] and held[-1]["stop"] is True
+    opened, answer = run_in_app(app, _cache_scenario(app, {"queue_updates": True}))
+    assert opened == {"ok": True}
     assert answer[0] == {"ok": True, "queued": True, "position": 1}, answer
     assert [frame["outputs"] for frame in answer[1:]] == ["a", ""] and answer[-1]["stop"] is True
     assert engine.refused == 1 and engine.open_sessions == 0 and not engine.holding
 
 
 def test_an_old_client_waits_for_the_cache_without_new_frames(registry):
-    engine = CacheEngine(capacity=100)
+    engine = SwarmEngine(capacity=100)
     app = in_process_app(engine, registry, queue_timeout=20)
-    opened, held, answer = run_in_app(app, _cache_scenario(app, {}))
+    opened, answer = run_in_app(app, _cache_scenario(app, {}))
     assert [frame["outputs"] for frame in answer] == ["a", ""] and answer[-1]["stop"] is True
-    assert all("queued" not in frame for frame in answer)
 
 
 def test_when_the_cache_stays_full_the_error_is_cache_full_at_once(registry):
-    engine = CacheEngine(capacity=100)
+    engine = SwarmEngine(capacity=100)
     app = in_process_app(engine, registry, queue_timeout=0.3)
 
     async def scenario(client):
-        (ws_a, attacker), (ws_b, victim) = await _socket(client, A), await _socket(client, B)
-        await attacker.send(json.dumps({**OPEN, "max_length": 80}))
+        ws_a = await _holding(client, A, max_length=80)
+        ws_b, victim = await _socket(client, B)
         await victim.send(json.dumps(OPEN))
-        await _receive(attacker), await _receive(victim)
-        generate = {"type": "generate", "inputs": "x", "max_new_tokens": 1, "stop_sequence": "z"}
-        await attacker.send(json.dumps(generate))
-        await _until_stop(attacker, [await _receive(attacker)])
+        await _receive(victim)
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await victim.send(json.dumps(generate))
+        await victim.send(json.dumps(GENERATE))
         refused = await _receive(victim)
         waited = loop.time() - started
         await ws_a.__aexit__(None, None, None)
@@ -287,6 +291,35 @@ def test_when_the_cache_stays_full_the_error_is_cache_full_at_once(registry):
         return refused, waited
 
     refused, waited = run_in_app(app, scenario)
-    assert refused["ok"] is False and refused["code"] == "cache_full" and "attention cache is full" in \
-        refused["traceback"], refused
+    assert refused["ok"] is False and refused["code"] == "cache_full", refused
+    assert "attention cache is full" in refused["traceback"]
     assert 0.2 < waited < 5
+
+
+def test_an_idle_session_yields_its_slot_to_a_waiting_client(registry):
+    engine = SwarmEngine(capacity=100)
+    app = in_process_app(engine, registry, max_sessions=2, queue_timeout=20)
+
+    async def scenario(client):
+        ws_b = await _holding(client, B, max_length=40)  # generating: never asked to yield
+        ws_a, idle = await _socket(client, A)
+        await idle.send(json.dumps({**OPEN, "max_length": 40}))
+        await _receive(idle)
+        await idle.send(json.dumps(GENERATE))
+        answered = await _until_stop(idle, [await _receive(idle)])  # answered: idle now, holding cache
+        ws_c, newcomer = await _socket(client, C)
+        await newcomer.send(json.dumps({**OPEN, "max_length": 40}))  # no slot left: the idle session yields
+        told = await _receive(idle)
+        admitted = await _receive(newcomer)
+        await newcomer.send(json.dumps(GENERATE))  # and the cache it held is the newcomer's
+        answer = await _until_stop(newcomer, [await _receive(newcomer)])
+        for ws in (ws_a, ws_b, ws_c):
+            await ws.__aexit__(None, None, None)
+        return answered, told, admitted, answer
+
+    answered, told, admitted, answer = run_in_app(app, scenario)
+    assert answered[-1]["stop"] is True
+    assert told["ok"] is False and told["code"] == "idle_timeout", told
+    assert "idle while other users waited for a session slot" in told["traceback"]
+    assert admitted == {"ok": True} and answer[-1]["stop"] is True
+    assert engine.open_sessions == 0

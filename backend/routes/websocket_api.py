@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 blueprint = Blueprint("websocket_api", __name__)
 
 _WAKE = object()  # put by the pump after it stopped reading (self.flood says why)
+_YIELD = object()  # put by the limiter: this idle session must give its slot to a client waiting for one
 
 
 class _Drop(Exception):
@@ -168,9 +169,14 @@ class _Connection:
         loop = asyncio.get_running_loop()
         left = self.deadline - loop.time()
         unused = self.unused_deadline - loop.time() if self.conversation and not self.conversation.used else None
+        # while it waits for a request, the session is idle: the limiter may have it yield its slot (under pressure)
+        limiter = self.app_state.service.limiter if self.conversation and not self.resumable else None
+        if limiter is not None:
+            limiter.idle(self, lambda: self.inbox.put_nowait(_YIELD))
         try:
             wait = min(settings.step_timeout, left, unused if unused is not None else left)
-            raw = await asyncio.wait_for(self.inbox.get(), timeout=max(0.0, wait))
+            async with asyncio.timeout(max(0.0, wait)):  # not wait_for: it may lose a cancellation on 3.11
+                raw = await self.inbox.get()
         except TimeoutError:
             if unused is not None and unused <= min(settings.step_timeout, left):
                 raise _Drop(f"Session closed: the inference session was not used within "
@@ -180,6 +186,12 @@ class _Connection:
                 raise self._time_limit() from None
             raise _Drop(f"Session closed: no request for {settings.step_timeout:g} seconds",
                         reason="idle_timeout") from None
+        finally:
+            if limiter is not None:
+                limiter.not_idle(self)
+        if raw is _YIELD:
+            raise _Drop("Session closed: it was idle while other users waited for a session slot (the server is "
+                        "full); open a new one when you need it", reason="idle_timeout")
         if self.flood is not None:
             raise self.flood
         if raw is SHUTDOWN or (self.shutdown is not None and self.shutdown.started.is_set()):

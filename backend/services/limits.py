@@ -7,6 +7,8 @@
   session is idle from its opening until its first generation and between generations), so an address
   cannot hold slots it does not use;
 * generations: at most ``max_generations`` run at once;
+* idle sessions yield: while requests wait for a session slot or for cache, the session idle the longest (a socket's
+  waiting for its next request, registered with :meth:`SessionLimiter.idle`) is told to close, one per waiter;
 * the swarm's attention cache: a session's first generation that finds it full (``CacheFull``) waits in line
   (:meth:`SessionLimiter.wait_for_cache`) until sessions holding as many tokens as it needs have closed here.
 
@@ -19,6 +21,8 @@ for ``queue_timeout`` seconds at most, then fail with the usual ``Server is busy
 from __future__ import annotations
 
 import collections
+import time
+from collections.abc import Callable
 
 from ..errors import BUSY, ApiError, Busy
 from .fair_queue import FairQueue, OnPosition
@@ -43,6 +47,7 @@ class SessionLimiter:
         self.cache_queue = FairQueue(queue_timeout, max_per_client)
         self.freed_tokens = 0  # max_length of every session closed so far (their cache freed in the swarm)
         self._cache_credit = 0  # of those, tokens freed while generations wait for cache, not yet handed out
+        self._idle_sessions: dict[object, tuple[float, Callable[[], None]]] = {}  # since when, how to close it
 
     def acquire(self, client: str, tokens: int = 0, *, idle: bool = True) -> None:
         """Admit a new session of ``tokens`` max_length for ``client``, or raise :class:`Busy`. ``idle``: it waits
@@ -54,8 +59,24 @@ class SessionLimiter:
                     on_position: OnPosition | None = None) -> None:
         """:meth:`acquire`, waiting in line while every session slot is taken (``on_position``: told the place)."""
         self._check_client(client, tokens, idle)
+        if self.open >= self.max_sessions:
+            self._yield_idle()  # under pressure: the longest idle session gives its slot
         await self.session_queue.wait(client, lambda: self._take(client, tokens, idle), self._sessions_full,
                                       on_position=on_position, undo=lambda: self.release(client, tokens, idle=idle))
+
+    def idle(self, key: object, close: Callable[[], None]) -> None:
+        """``key``'s session waits for requests: under pressure, ``close()`` may be called to make it yield."""
+        self._idle_sessions[key] = (time.monotonic(), close)
+
+    def not_idle(self, key: object) -> None:
+        self._idle_sessions.pop(key, None)
+
+    def _yield_idle(self) -> None:
+        """Tell the session idle the longest to close (it releases its slot and cache as it does)."""
+        if self._idle_sessions:
+            key = min(self._idle_sessions, key=lambda k: self._idle_sessions[k][0])
+            _, close = self._idle_sessions.pop(key)
+            close()
 
     def _sessions_full(self) -> Busy:
         return Busy(f"{BUSY}: all {self.max_sessions} inference sessions are in use, retry later")
@@ -115,6 +136,7 @@ class SessionLimiter:
         (the CacheFull) after ``max_wait`` seconds."""
         if not len(self.cache_queue):
             self._cache_credit = 0
+        self._yield_idle()  # its cache is freed in the swarm when it closes
         self._cache_credit += self.freed_tokens - since
 
         def take() -> bool:
