@@ -24,7 +24,8 @@ from reliability_helpers import ask, backend, backend_env, collect, connect
 pytestmark = pytest.mark.timeout(240)
 
 LIMITS = dict(max_sessions=6, max_sessions_per_client=3, max_ws_message_bytes=64 * 1024, max_body_bytes=32 * 1024,
-              max_input_tokens=40, max_session_seconds=6, max_queued_requests=4, step_timeout=30)
+              max_input_tokens=40, max_session_seconds=6, max_queued_requests=4, step_timeout=30,
+              queue_timeout=0)  # refused at once at the limit (waiting in line: test_capacity_queue.py)
 BUSY = "Server is busy"
 NEVER = "never-generated-sequence"
 

@@ -252,7 +252,8 @@ def test_client_disconnect_mid_stream_closes_the_session(live_server):
 def test_api_keys_busy_and_the_own_origin_exemption(tmp_path, swarm, test_registry):
     from reliability_helpers import backend, backend_env
 
-    with backend(tmp_path, backend_env(swarm, test_registry, api_keys="k1 k2", max_sessions=1)) as server:
+    with backend(tmp_path, backend_env(swarm, test_registry, api_keys="k1 k2", max_sessions=1,
+                                       queue_timeout=0)) as server:  # busy at once, no waiting in line
         ask = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}
         for key in ("unused", "k3", "K1"):
             with pytest.raises(openai.AuthenticationError) as caught:

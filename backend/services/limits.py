@@ -59,8 +59,8 @@ class SessionLimiter:
                     on_position: OnPosition | None = None) -> None:
         """:meth:`acquire`, waiting in line while every session slot is taken (``on_position``: told the place)."""
         self._check_client(client, tokens, idle)
-        if self.open >= self.max_sessions:
-            self._yield_idle()  # under pressure: the longest idle session gives its slot
+        if self.open >= self.max_sessions and self.session_queue.max_wait > 0:
+            self._yield_idle()  # under pressure: the longest idle session gives its slot to the line
         await self.session_queue.wait(client, lambda: self._take(client, tokens, idle), self._sessions_full,
                                       on_position=on_position, undo=lambda: self.release(client, tokens, idle=idle))
 
@@ -136,7 +136,8 @@ class SessionLimiter:
         (the CacheFull) after ``max_wait`` seconds."""
         if not len(self.cache_queue):
             self._cache_credit = 0
-        self._yield_idle()  # its cache is freed in the swarm when it closes
+        if self.cache_queue.max_wait > 0 and max_wait > 0:
+            self._yield_idle()  # its cache is freed in the swarm when it closes
         self._cache_credit += self.freed_tokens - since
 
         def take() -> bool:
