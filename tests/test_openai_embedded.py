@@ -88,6 +88,32 @@ def test_a_schema_that_cannot_be_enforced_is_refused(embedded):
     assert caught.value.response.json()["error"]["param"] == "response_format"
 
 
+def test_ten_schemas_of_the_suite_answer_valid_json(embedded):
+    """Every fifth case of the 50-case suite (``python -m bench.openai_api --parts schemas`` runs them all)."""
+    from bench.openai_api import schemas
+    from bench.schema_cases import CASES
+
+    result = schemas(embedded, CASES[::5])
+    assert result["valid"] == result["cases"] == 10, result["failures"]
+
+
+def test_the_next_chat_turn_continues_the_session_and_answers_as_a_fresh_prefill(embedded):
+    ask = {"model": "SmolLM2-135M-Instruct", "temperature": 0, "max_tokens": 24}
+    first = embedded.chat.completions.create(messages=FRANCE, **ask)
+    messages = [*FRANCE, {"role": "assistant", "content": first.choices[0].message.content},
+                {"role": "user", "content": "And of Italy?"}]
+    second = embedded.chat.completions.create(messages=messages, **ask)
+    # the first turn's prompt and answer (its <|im_end|> included) were in the session; all but the last token
+    # were computed already: the answer comes back as the model wrote it, so the prompt extends that history
+    assert second.usage.prompt_tokens_details.cached_tokens == (first.usage.prompt_tokens
+                                                                + first.usage.completion_tokens - 1)
+    # more new tokens than any kept session has room for: a fresh session prefills the whole prompt
+    fresh = embedded.chat.completions.create(messages=messages, **{**ask, "max_tokens": 700})
+    assert fresh.usage.prompt_tokens_details.cached_tokens == 0
+    assert second.choices[0].finish_reason == fresh.choices[0].finish_reason == "stop"
+    assert second.choices[0].message.content == fresh.choices[0].message.content
+
+
 # ---- tool calls ---------------------------------------------------------------------------------
 
 class GetWeather(BaseModel):
