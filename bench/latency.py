@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
 import statistics
 import sys
@@ -54,6 +55,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--dtype", default=None, help="the servers' block dtype (default: the embedded swarm's)")
     p.add_argument("--out", type=Path, default=None, help="results folder (default bench/results)")
     p.add_argument("--no-docs", action="store_true", help="never write docs/latency.png or the README table")
+    p.add_argument("--render", action="store_true",
+                   help="measure nothing: redraw the chart and tables from OUT/latency.json")
     args = p.parse_args(argv)
     if not set(args.layouts) <= {1, 2, 3}:
         p.error("--layouts: 1, 2 or 3 hosts")
@@ -93,6 +96,11 @@ class Progress:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
+    if args.render:
+        results = json.loads((args.out / "latency.json").read_text())
+        latency_report.write_all(results, args.out, REPO if not args.no_docs and not args.tiny else None)
+        print(latency_report.table(results))
+        return 0
     if reason := unavailable_reason():
         print(f"error: the latency rig cannot be built here: {reason}", file=sys.stderr)
         return 2

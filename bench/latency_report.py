@@ -25,30 +25,38 @@ def _case(r: dict, rtt: float, hosts: int) -> dict | None:
     return next((c for c in r["cases"] if c["rtt_ms"] == rtt and c["hosts"] == hosts), None)
 
 
+def _slope(points: list[tuple[float, float | None]]) -> float | None:
+    """Least-squares slope of y over x (None values left out)."""
+    points = [(x, y) for x, y in points if y is not None]
+    if len(points) < 2:
+        return None
+    mx, my = (sum(p[i] for p in points) / len(points) for i in (0, 1))
+    var = sum((x - mx) ** 2 for x, _ in points)
+    return round(sum((x - mx) * (y - my) for x, y in points) / var, 2) if var else None
+
+
 def summary(r: dict) -> list[dict]:
-    """Per layout, from the lowest to the highest RTT: what one ms of RTT costs a token, and what is lost."""
-    rtts = sorted({c["rtt_ms"] for c in r["cases"]})
+    """Per layout: what one ms of RTT adds to a token and to the first token (least-squares over every RTT), and
+    the share of tokens/s left at the highest RTT against the lowest."""
     out = []
     for hosts in sorted({c["hosts"] for c in r["cases"]}):
-        lo, hi = _case(r, rtts[0], hosts), _case(r, rtts[-1], hosts)
-        if lo is None or hi is None or rtts[-1] == rtts[0]:
+        cases = sorted((c for c in r["cases"] if c["hosts"] == hosts), key=lambda c: c["rtt_ms"])
+        if len(cases) < 2:
             continue
-        span = rtts[-1] - rtts[0]
+        lo, hi = cases[0], cases[-1]
 
-        def slope(path: tuple[str, str], lo=lo, hi=hi, span=span) -> float | None:
-            a, b = lo[path[0]].get(path[1]), hi[path[0]].get(path[1])
-            return None if a is None or b is None else round((b - a) / span, 2)
+        def fit(part: str, key: str, cases=cases) -> float | None:
+            return _slope([(c["rtt_ms"], c[part][key]) for c in cases])
 
-        def kept(path: tuple[str, str], lo=lo, hi=hi) -> float | None:
-            a, b = lo[path[0]][path[1]], hi[path[0]][path[1]]
-            return round(b / a, 2) if a else None
+        def kept(part: str, key: str, lo=lo, hi=hi) -> float | None:
+            return round(hi[part][key] / lo[part][key], 2) if lo[part][key] else None
 
-        out.append({"hosts": hosts, "from_rtt_ms": rtts[0], "to_rtt_ms": rtts[-1],
-                    "single_itl_ms_per_ms_rtt": slope(("single", "itl_p50_ms")),
-                    "single_ttft_ms_per_ms_rtt": slope(("single", "ttft_ms")),
-                    "single_tokens_per_s_kept": kept(("single", "tokens_per_s")),
-                    "concurrent_itl_ms_per_ms_rtt": slope(("concurrent", "itl_p50_ms")),
-                    "concurrent_tokens_per_s_kept": kept(("concurrent", "aggregate_tokens_per_s"))})
+        out.append({"hosts": hosts, "from_rtt_ms": lo["rtt_ms"], "to_rtt_ms": hi["rtt_ms"],
+                    "single_itl_ms_per_ms_rtt": fit("single", "itl_p50_ms"),
+                    "single_ttft_ms_per_ms_rtt": fit("single", "ttft_ms"),
+                    "single_tokens_per_s_kept": kept("single", "tokens_per_s"),
+                    "concurrent_itl_ms_per_ms_rtt": fit("concurrent", "itl_p50_ms"),
+                    "concurrent_tokens_per_s_kept": kept("concurrent", "aggregate_tokens_per_s")})
     return out
 
 
@@ -84,9 +92,11 @@ def markdown(r: dict) -> str:
                      f"| {_f(k['ttft_p50_ms'])} | {_f(k['aggregate_tokens_per_s'], 1)} | {_f(k['itl_p50_ms'])} "
                      f"| {s['errors'] + k['errors']} |")
     if r.get("summary"):
-        lines += ["", f"| hosts | 1 stream: ITL ms added per ms of RTT | TTFT ms per ms of RTT | tok/s kept at "
-                      f"{r['summary'][0]['to_rtt_ms']} ms | {sessions} sessions: ITL ms per ms of RTT | total "
-                      "tok/s kept |", "|---|---|---|---|---|---|"]
+        first = r["summary"][0]
+        kept = f"kept at {first['to_rtt_ms']} vs {first['from_rtt_ms']} ms"
+        lines += ["", f"| hosts | 1 stream: ITL ms per ms of RTT (fit) | TTFT ms per ms of RTT (fit) | tok/s {kept} "
+                      f"| {sessions} sessions: ITL ms per ms of RTT (fit) | total tok/s {kept} |",
+                  "|---|---|---|---|---|---|"]
         for row in r["summary"]:
             lines.append(f"| {row['hosts']} | {_f(row['single_itl_ms_per_ms_rtt'], 2)} "
                          f"| {_f(row['single_ttft_ms_per_ms_rtt'], 2)} | {_f(row['single_tokens_per_s_kept'], 2)} "
