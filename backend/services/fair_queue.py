@@ -25,6 +25,7 @@ OnPosition = Callable[[int], Awaitable[None]]
 class _Waiter:
     client: str
     take: Take
+    reports: bool  # it is told its place: wake it when the line moves
     done: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     moved: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -49,7 +50,7 @@ class FairQueue:
         max_wait = self.max_wait if max_wait is None else min(max_wait, self.max_wait)
         if max_wait <= 0 or len(self._ring.get(client, ())) >= self.max_per_client:
             raise full()
-        waiter = _Waiter(client, take)
+        waiter = _Waiter(client, take, on_position is not None)
         self._ring.setdefault(client, collections.deque()).append(waiter)
         self._moved()  # a newcomer may go ahead of a client's later waiters (round robin)
         try:
@@ -129,7 +130,7 @@ class FairQueue:
     def _moved(self) -> None:
         for line in self._ring.values():
             for waiter in line:
-                if not waiter.moved.done():
+                if waiter.reports and not waiter.moved.done():
                     waiter.moved.set_result(None)
 
 

@@ -100,7 +100,7 @@ class Conversation:
         """Hand the session over (to the prompt cache) instead of closing it: the client's slot and tokens are
         released, the engine session stays open."""
         self.closed = True
-        self.service.limiter.release(self.client, self.tokens, idle=not self._active)
+        self.service.limiter.release(self.client, self.tokens, idle=not self._active, cache_freed=False)
         self.service.metrics.sessions_open.dec()
         return self.session
 

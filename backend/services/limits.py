@@ -110,8 +110,9 @@ class SessionLimiter:
         self._idle[client] += -1 if active else 1
         _drop_zero(self._idle, client)
 
-    def release(self, client: str, tokens: int = 0, *, idle: bool = True) -> None:
-        """A session of ``client`` closed (``idle``: it was not generating)."""
+    def release(self, client: str, tokens: int = 0, *, idle: bool = True, cache_freed: bool = True) -> None:
+        """A session of ``client`` closed (``idle``: it was not generating; ``cache_freed``: False when its engine
+        session stays open elsewhere, its cache still held in the swarm)."""
         self.open -= 1
         self._per_client[client] -= 1
         self._tokens[client] -= tokens
@@ -120,7 +121,8 @@ class SessionLimiter:
         for counter in (self._per_client, self._tokens, self._idle):
             _drop_zero(counter, client)
         self.session_queue.serve()
-        self.cache_freed(tokens)
+        if cache_freed:
+            self.cache_freed(tokens)
 
     def cache_freed(self, tokens: int) -> None:
         """Sessions of ``tokens`` max_length in all were closed in the swarm: generations waiting for cache may fit."""
