@@ -108,7 +108,8 @@ def _start_services(app_state: AppState, engine) -> None:
     app_state.resumable = ResumableSessions(settings.reattach_window)
     app_state.prompt_cache = PromptCache(engine, max_sessions=settings.prompt_cache_sessions,
                                          max_tokens=settings.prompt_cache_tokens,
-                                         idle_timeout=settings.prompt_cache_idle_timeout)
+                                         idle_timeout=settings.prompt_cache_idle_timeout,
+                                         limiter=app_state.service.limiter)
     app_state.loader = loader
     loader.start()
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from conftest import poll_until
-from fake_engine import FakeEngine
+from fake_engine import FakeEngine, in_process_app, run_in_app
 
+from backend.engine.types import Chunk
+from backend.errors import CacheFull
 from backend.services.prompt_cache import PromptCache
 
 
@@ -98,11 +100,109 @@ def test_a_disabled_cache_keeps_nothing_and_reserves_no_headroom():
             session.ids = [1, 2]
             assert not prompts.enabled and not await prompts.keep("tiny", session)
             assert prompts.reserve(100, context=2048) == 100
-        assert cache(engine).reserve(300, context=2048) == 600  # room for the next turns
-        assert cache(engine).reserve(10, context=2048) == 266  # at least 256 tokens more
+        assert cache(engine, max_tokens=5000).reserve(600, context=2048) == 1200  # room for the next turns
+        assert cache(engine).reserve(10, context=2048) == 522  # at least 512 tokens more
         assert cache(engine).reserve(1500, context=2048) == 1500  # 2048 is over the cache's 1000 tokens
         assert cache(engine).reserve(400, context=600) == 600  # within the model's context
-        assert cache(engine).reserve(300, context=2048, client_share=2400) == 600
-        assert cache(engine).reserve(300, context=2048, client_share=2000) == 300  # over a quarter of the share
+        assert cache(engine).reserve(300, context=2048, client_share=3600) == 812
+        assert cache(engine).reserve(300, context=2048, client_share=3200) == 300  # over a quarter of the share
+
+    asyncio.run(main())
+
+
+# ---- through the app: /v1/completions on a fake engine whose answers are 'x' tokens -----------------------------
+
+class Typist(FakeEngine):
+    """Answers every prompt with ``max_new_tokens`` 'x' tokens (tokens are characters), keeping each session's
+    tokens as Petals does; the first ``cache_full`` generations fail before any token, like a swarm out of
+    attention cache. ``inputs`` records what each generation was sent."""
+
+    def __init__(self, cache_full: int = 0):
+        super().__init__()
+        self.cache_full = cache_full
+        self.inputs: list = []
+
+    async def stream(self, session, inputs, params, *, max_new_tokens, stop_sequences):
+        self.inputs.append(inputs)
+        if self.cache_full:
+            self.cache_full -= 1
+            raise CacheFull("The swarm is out of capacity: attention cache is full, retry later")
+        session.ids += inputs if isinstance(inputs, list) else self.token_ids(session.model_key, inputs)
+        for i in range(max_new_tokens):
+            session.ids.append(ord("x"))
+            session.length = len(session.ids)
+            yield Chunk(text="x", tokens=1, finish_reason="length" if i == max_new_tokens - 1 else None)
+
+
+def complete(engine: Typist, registry, prompts: list[str], **settings) -> list[dict]:
+    """Each prompt's /v1/completions answer (3 tokens), one after another in one app."""
+
+    async def scenario(client):
+        answers = []
+        for prompt in prompts:
+            response = await client.post("/v1/completions", json={"model": "tiny", "prompt": prompt, "max_tokens": 3})
+            answers.append(await response.get_json())
+        return answers
+
+    return run_in_app(in_process_app(engine, registry, **settings), scenario)
+
+
+def test_the_next_turn_sends_only_its_new_tokens_and_reports_the_cached_ones(registry):
+    engine = Typist()
+    first, second, other = complete(engine, registry, ["Hello", "Helloxxx, more", "Bye"])
+    assert [a["choices"][0]["text"] for a in (first, second, other)] == ["xxx"] * 3
+    assert [a["usage"]["prompt_tokens_details"]["cached_tokens"] for a in (first, second, other)] == [0, 7, 0]
+    assert engine.inputs == ["Hello", [ord(c) for c in ", more"], "Bye"]
+    assert engine.open_sessions == 0  # the app closed its kept sessions when it stopped
+
+
+def test_kept_sessions_are_closed_when_the_swarm_is_out_of_cache_and_the_request_tries_again(registry):
+    class Later(Typist):
+        async def stream(self, session, inputs, params, **kwargs):
+            if len(self.inputs) == 2:
+                self.cache_full = 1  # the third generation finds the swarm full, two sessions being kept
+            async for chunk in super().stream(session, inputs, params, **kwargs):
+                yield chunk
+
+    engine = Later()
+    answers = complete(engine, registry, ["One", "Two", "Onexxx again"])
+    assert answers[2]["choices"][0]["text"] == "xxx"
+    assert answers[2]["usage"]["prompt_tokens_details"]["cached_tokens"] == 0  # its kept session was closed too
+    assert engine.inputs[2:] == [[ord(c) for c in " again"], "Onexxx again"]
+
+
+def test_without_reuse_every_session_is_closed_after_its_request(registry):
+    engine = Typist()
+    answers = complete(engine, registry, ["Hello", "Helloxxx, more"], prompt_cache_sessions=0)
+    assert [a["usage"]["prompt_tokens_details"]["cached_tokens"] for a in answers] == [0, 0]
+    assert engine.inputs == ["Hello", "Helloxxx, more"]
+
+
+def test_kept_sessions_are_idle_sessions_the_limiter_may_ask_to_close():
+    class Limiter:  # the pressure hooks of services.limits.SessionLimiter
+        def __init__(self):
+            self.idle_sessions, self.freed = {}, []
+
+        def idle(self, key, close):
+            self.idle_sessions[key] = close
+
+        def not_idle(self, key):
+            self.idle_sessions.pop(key, None)
+
+        def cache_freed(self, tokens):
+            self.freed.append(tokens)
+
+    async def main():
+        engine, limiter = FakeEngine(), Limiter()
+        prompts = PromptCache(engine, max_sessions=4, max_tokens=1000, idle_timeout=60, limiter=limiter)
+        first = await kept(engine, prompts, [1, 2], max_length=100)
+        second = await kept(engine, prompts, [3, 4], max_length=200)
+        assert len(limiter.idle_sessions) == 2
+        assert prompts.take("tiny", [1, 2, 5], needed=10)[0] is first  # in use: no longer idle
+        assert len(limiter.idle_sessions) == 1 and limiter.freed == []
+        next(iter(limiter.idle_sessions.values()))()  # under pressure: the limiter tells it to close
+        await asyncio.to_thread(poll_until, lambda: second.closed, 10, "the kept session to close")
+        assert limiter.freed == [200] and len(prompts) == 0 and not limiter.idle_sessions
+        await prompts.close()
 
     asyncio.run(main())

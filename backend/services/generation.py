@@ -330,7 +330,9 @@ class GenerationService:
         at once. :class:`Busy` when the client may not hold another session."""
         self.limiter.acquire(client, session.max_length, idle=False)
         self.metrics.sessions_open.inc()
-        return Conversation(self, spec, session, client, session.max_length, idle=False)
+        conversation = Conversation(self, spec, session, client, session.max_length, idle=False)
+        conversation.used = True  # the session has generated before: its tokens are in the swarm
+        return conversation
 
     async def generate_once(self, spec: ModelSpec, req: GenerateSpec, client: str) -> AsyncIterator[Round]:
         """A stateless generation (HTTP APIs): a session sized for the request, closed afterwards."""

@@ -13,7 +13,7 @@ history anywhere (a client that edits an earlier message, an answer cut by a sto
 tokenizes differently from how it was generated) gets a new session. Outputs are the same with and without
 reuse: the model sees the same tokens, only fewer of them cross the swarm.
 
-New sessions reserve room for a few more turns (twice what the request needs, and at least 256 tokens more,
+New sessions reserve room for a few more turns (twice what the request needs, and at least 512 tokens more,
 within the model's context, the cache's budget and a quarter of a client's token share), so that the next turns
 of a conversation fit the session they continue; a turn that does not fit gets a new, larger session.
 """
@@ -27,15 +27,17 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ..engine.types import Engine, EngineSession, SessionHistory
+from ..errors import CacheFull
 from ..registry import ModelSpec
 from .generation import Conversation, GenerateSpec, GenerationService, Round
 
 logger = logging.getLogger(__name__)
 
 HEADROOM = 2  # a new session reserves this many times the tokens its request needs (room for the next turns)
-MIN_HEADROOM = 256  # and at least this many tokens more
+MIN_HEADROOM = 512  # and at least this many tokens more (a few turns of a chat with short answers)
 
 
 @dataclass(eq=False)
@@ -49,8 +51,14 @@ class _Kept:
 class PromptCache:
     """Open sessions kept after their requests, bounded by a count, a token budget and an idle timeout."""
 
-    def __init__(self, engine: Engine, *, max_sessions: int, max_tokens: int, idle_timeout: float):
+    def __init__(self, engine: Engine, *, max_sessions: int, max_tokens: int, idle_timeout: float,
+                 limiter: Any = None):
+        """``limiter``: the app's session limiter; when it has pressure hooks (``idle``/``not_idle``: idle sessions
+        it may ask to close when the server or the swarm's cache is full; ``cache_freed``: closed sessions' cache
+        is free again), kept sessions are such idle sessions."""
         self.engine = engine
+        self._limiter = limiter
+        self._closing: set[asyncio.Future] = set()
         self._history = getattr(engine, "session_history", None)  # engines that cannot tell (fakes): no reuse
         self.max_sessions = max_sessions
         self.max_tokens = max_tokens
@@ -91,6 +99,7 @@ class PromptCache:
         if best is None:
             return None
         self._kept.remove(best)
+        self._hook("not_idle", best)
         return best.session, best.history
 
     async def keep(self, model_key: str, session: EngineSession) -> bool:
@@ -100,7 +109,9 @@ class PromptCache:
         history = self._history(session) if self.enabled else None
         if history is None or session.max_length > self.max_tokens:
             return False
-        self._kept.append(_Kept(model_key, session, history, time.monotonic()))
+        kept = _Kept(model_key, session, history, time.monotonic())
+        self._kept.append(kept)
+        self._hook("idle", kept, lambda: self._close_soon(kept))
         while len(self._kept) > self.max_sessions or self.reserved > self.max_tokens:
             await self._close(self._kept[0])
         if self._sweeper is None or self._sweeper.done():
@@ -117,12 +128,31 @@ class PromptCache:
                 await self._close(kept)
 
     async def _close(self, kept: _Kept) -> None:
-        if kept in self._kept:
-            self._kept.remove(kept)
+        if kept not in self._kept:
+            return  # taken meanwhile (or closed already)
+        self._kept.remove(kept)
+        self._hook("not_idle", kept)
         try:
             await self.engine.close_session(kept.session)
         except Exception:  # a session the swarm already dropped: nothing more to free
             logger.debug("closing a kept session failed", exc_info=True)
+        self._hook("cache_freed", kept.session.max_length)
+
+    def _close_soon(self, kept: _Kept) -> None:
+        """The limiter asks a kept session to make way (it calls from the event loop, without awaiting)."""
+        future = asyncio.ensure_future(self._close(kept))
+        self._closing.add(future)
+        future.add_done_callback(self._closing.discard)
+
+    def _hook(self, name: str, *args: Any) -> None:
+        hook = getattr(self._limiter, name, None)
+        if hook is not None:
+            hook(*args)
+
+    async def clear(self) -> None:
+        """Close every kept session now."""
+        while self._kept:
+            await self._close(self._kept[0])
 
     async def close(self) -> None:
         """Close every kept session (the app stops)."""
@@ -130,8 +160,7 @@ class PromptCache:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
-        while self._kept:
-            await self._close(self._kept[0])
+        await self.clear()
 
 
 @dataclass
@@ -144,12 +173,32 @@ class Reuse:
 async def generate_reusing(service: GenerationService, cache: PromptCache, spec: ModelSpec, req: GenerateSpec,
                            client: str, reuse: Reuse) -> AsyncIterator[Round]:
     """``service.generate_once`` through the cache: continue the kept session whose history the prompt extends
-    the furthest (or open one), and keep the session afterwards when its generation ended cleanly."""
+    the furthest (or open one), and keep the session afterwards when its generation ended cleanly. Kept sessions
+    hold attention cache in the swarm: when the swarm is out of it before the first token, they are all closed
+    and the request tries once more."""
     if not cache.enabled or not req.inputs:
         async with contextlib.aclosing(service.generate_once(spec, req, client)) as rounds:
             async for round_ in rounds:
                 yield round_
         return
+    for last_try in (False, True):
+        started = False
+        try:
+            async with contextlib.aclosing(_generate_kept(service, cache, spec, req, client, reuse)) as rounds:
+                async for round_ in rounds:
+                    started = True
+                    yield round_
+            return
+        except CacheFull:
+            if started or last_try or not len(cache):
+                raise
+            logger.info("the swarm is out of attention cache: closing %d kept sessions, then trying again", len(cache))
+            await cache.clear()
+
+
+async def _generate_kept(service: GenerationService, cache: PromptCache, spec: ModelSpec, req: GenerateSpec,
+                         client: str, reuse: Reuse) -> AsyncIterator[Round]:
+    reuse.cached_tokens = 0
     conversation, req = await _conversation(service, cache, spec, req, client, reuse)
     keep = False
     try:
