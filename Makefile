@@ -13,7 +13,7 @@ FRONTEND_SOURCES := $(shell find frontend/src frontend/index.html frontend/vite.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run dev test lint bench bench-quick bench-latency model frontend screenshots clean
+.PHONY: install run dev test lint bench bench-quick bench-latency bench-openai model frontend screenshots clean
 
 ## install: Python venv with the pinned set, the web app's bundle, the embedded model
 install: $(VENV)/.installed frontend/dist/index.html $(EMBEDDED)
@@ -64,6 +64,10 @@ bench: install
 
 bench-quick: install
 	$(PY) -m bench --tiny --quick
+
+## bench-openai: the OpenAI API on the embedded model: 50 JSON schemas, prompt reuse over 10 turns, constrained decoding speed (~10 minutes)
+bench-openai: install
+	$(PY) -m bench.openai_api
 
 ## bench-latency: TTFT and tokens/s with 0-100 ms RTT between hosts, blocks on 1-3 hosts (root + ip netns; ~8 minutes)
 bench-latency: install

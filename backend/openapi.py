@@ -108,6 +108,7 @@ class Readiness(_Doc):
 
 REQUESTS = (oa.ChatCompletionRequest, oa.CompletionRequest, HttpGenerateRequest)
 RESPONSES = (oa.ChatCompletion, oa.ChatCompletionChunk, oa.Completion, oa.CompletionChunk, oa.ModelList,
+             oa.ModelCard,
              oa.ErrorResponse, LegacyResult, LegacyDelta, LegacyError, LegacyModels, Swarm, Health, Readiness)
 
 
@@ -149,6 +150,11 @@ def build_openapi() -> dict[str, Any]:
         "/v1/models": {"get": {"summary": "Models (OpenAI-compatible)", "responses": {
             "200": _json(ref[oa.ModelList], "Models this client may use"),
             "default": _json(ref[oa.ErrorResponse], "An error")}}},
+        "/v1/models/{model}": {"get": {
+            "summary": "One model by key or alias (OpenAI-compatible)",
+            "parameters": [{"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _json(ref[oa.ModelCard], "The model"),
+                          "default": _json(ref[oa.ErrorResponse], "404: unknown, or not public to this client")}}},
         "/api/v1/generate": _generation("Generate (the original chat.petals.dev HTTP API)", ref[HttpGenerateRequest],
                                         ref[LegacyResult], ref[LegacyDelta], ref[LegacyError], form=True),
         "/api/v1/models": {"get": {"summary": "The model registry", "responses": {

@@ -122,28 +122,57 @@ def conversation(api, turns: int, max_tokens: int) -> list[dict]:
     return out
 
 
-def decode_speed(api, response_format: dict | None, runs: int, max_tokens: int) -> float:
-    """Median tokens/s between a stream's first and last token."""
-    speeds = []
+def stream_gaps(api, response_format: dict | None, max_tokens: int) -> list[float]:
+    """Seconds between consecutive content chunks (one token each) of one greedy streamed answer."""
+    kwargs = {"response_format": response_format} if response_format else {}
+    stream = api.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Tell me a long story about a dragon and a knight."}],
+        temperature=0, max_tokens=max_tokens, stream=True, **kwargs)
+    stamps = [time.perf_counter() for chunk in stream if chunk.choices and chunk.choices[0].delta.content]
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+
+
+def decode_speeds(api, runs: int, max_tokens: int = 64) -> dict:
+    """Tokens/s (1 / the median time between tokens) of free and JSON-schema answers, the two arms alternating
+    so that the machine's load hits both alike; and the grammar's own time per token, measured alone."""
+    gaps: dict[str, list[float]] = {"free": [], "constrained": []}
     for _ in range(runs):
-        kwargs = {"response_format": response_format} if response_format else {}
-        stream = api.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": "Tell me a long story about a dragon and a knight."}],
-            temperature=0, max_tokens=max_tokens, stream=True, stream_options={"include_usage": True}, **kwargs)
-        first = last = None
-        tokens = 0
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                last = time.perf_counter()
-                first = first or last
-            tokens = chunk.usage.completion_tokens if chunk.usage else tokens
-        speeds.append((tokens - 1) / (last - first))
-    return statistics.median(speeds)
+        gaps["free"] += stream_gaps(api, None, max_tokens)
+        gaps["constrained"] += stream_gaps(api, STORY, max_tokens)
+    free, constrained = (1 / statistics.median(gaps[arm]) for arm in ("free", "constrained"))
+    return {"free_tok_s": round(free, 2), "constrained_tok_s": round(constrained, 2),
+            "cost": round(1 - constrained / free, 3), "tokens_per_arm": len(gaps["free"]),
+            "grammar_ms_per_token": round(grammar_step_ms(), 3)}
 
 
+def grammar_step_ms(steps: int = 200) -> float:
+    """Median time of one step of the grammar's logits processor (mask + apply, warm), over a JSON answer."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from backend.engine.grammar import GrammarProcessor, json_schema_grammar
+
+    tokenizer = AutoTokenizer.from_pretrained(REPO / "models" / MODEL)
+    text = json.dumps({"title": "The dragon", "story": "Once upon a time, a dragon and a knight met. " * 40})
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:steps]
+    grammar = json_schema_grammar(STORY["json_schema"]["schema"])
+    times = []
+    for run in range(2):  # the first run warms the grammar's lexer up
+        processor, seen = GrammarProcessor(tokenizer, grammar), [0]
+        for token in ids:
+            scores = torch.zeros(1, len(tokenizer))
+            started = time.perf_counter()
+            processor(torch.tensor([seen]), scores)
+            if run:
+                times.append(time.perf_counter() - started)
+            seen.append(token)
+    return statistics.median(times) * 1000
+
+
+# a long story: the grammar keeps the string open for 300 characters, so both arms write about as many tokens
 STORY = {"type": "json_schema", "json_schema": {"name": "story", "strict": True, "schema": {
     "type": "object", "additionalProperties": False, "required": ["title", "story"],
-    "properties": {"title": {"type": "string"}, "story": {"type": "string"}}}}}
+    "properties": {"title": {"type": "string", "maxLength": 40}, "story": {"type": "string", "minLength": 300}}}}}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,30 +180,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parts", default="schemas,reuse,constrained")
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=48, help="new tokens per chat turn")
-    parser.add_argument("--runs", type=int, default=3, help="streams per arm of the decoding-speed comparison")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="dtype of the client and the embedded swarm (auto: bfloat16 on CPUs with AVX-512)")
+    parser.add_argument("--runs", type=int, default=5, help="streams per arm of the decoding-speed comparison")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
-    results: dict = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": _machine()}
-    with embedded_backend() as backend:
+    stamp = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": _machine()}
+    results: dict = {}
+    dtypes = {"dtype": args.dtype, "embedded_dtype": args.dtype}
+    with embedded_backend(**dtypes) as backend:
         api = client(backend)
         if "schemas" in parts:
             results["schemas"] = schemas(api)
             print("schemas:", {k: v for k, v in results["schemas"].items() if k != "failures"}, flush=True)
         if "constrained" in parts:
-            free = decode_speed(api, None, args.runs, 64)
-            constrained = decode_speed(api, STORY, args.runs, 64)
-            results["constrained"] = {"free_tok_s": round(free, 2), "constrained_tok_s": round(constrained, 2),
-                                      "cost": round(1 - constrained / free, 3)}
+            results["constrained"] = decode_speeds(api, args.runs)
             print("constrained:", results["constrained"], flush=True)
         if "reuse" in parts:
             results["reuse"] = {"with": conversation(api, args.turns, args.max_tokens)}
     if "reuse" in parts:
-        with embedded_backend(prompt_cache_sessions=0) as backend:
+        with embedded_backend(prompt_cache_sessions=0, **dtypes) as backend:
             results["reuse"]["without"] = conversation(client(backend), args.turns, args.max_tokens)
         results["reuse"]["summary"] = _reuse_summary(results["reuse"])
         print("reuse:", results["reuse"]["summary"], flush=True)
+    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}  # parts not run keep their last results
+    suffix = "" if args.dtype == "auto" else f"_{args.dtype}"
+    saved.update({part + suffix: {**stamp, "dtype": args.dtype, **value} for part, value in results.items()})
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(saved, indent=2) + "\n")
     print(f"results in {RESULTS.relative_to(REPO)}")
 
 

@@ -108,7 +108,7 @@ def test_the_next_chat_turn_continues_the_session_and_answers_as_a_fresh_prefill
     assert second.usage.prompt_tokens_details.cached_tokens == (first.usage.prompt_tokens
                                                                 + first.usage.completion_tokens - 1)
     # more new tokens than any kept session has room for: a fresh session prefills the whole prompt
-    fresh = embedded.chat.completions.create(messages=messages, **{**ask, "max_tokens": 700})
+    fresh = embedded.chat.completions.create(messages=messages, **{**ask, "max_tokens": 1500})
     assert fresh.usage.prompt_tokens_details.cached_tokens == 0
     assert second.choices[0].finish_reason == fresh.choices[0].finish_reason == "stop"
     assert second.choices[0].message.content == fresh.choices[0].message.content
