@@ -20,17 +20,18 @@ from quart import Blueprint, Quart, g, request
 from quart_cors import cors
 
 from . import slow_readers, ws_compression
+from .legacy import http_routes, websocket_routes
+from .legacy.resumable import ResumableSessions
 from .openai import routes as openai_routes
 from .openapi import blueprint as openapi_blueprint
 from .registry import RegistryError, load_registry
-from .routes import http_api, http_errors, ops, static, swarm_api, websocket_api
+from .routes import http_errors, ops, static, swarm_api
 from .routes.common import EXTENSION, AppState
 from .services.generation import GenerationService
 from .services.limits import SessionLimiter
 from .services.metrics import Metrics
 from .services.model_loader import ModelLoader
 from .services.prompt_cache import PromptCache
-from .services.resumable import ResumableSessions
 from .services.shutdown import ShutdownWatch
 from .settings import Settings, SettingsError, env_name
 
@@ -71,11 +72,11 @@ def create_app(settings: Settings, *, engine=None, embedded_swarm: bool = False)
 def _register_blueprints(app: Quart, settings: Settings) -> None:
     # The HTTP APIs get CORS through a parent blueprint made per app (so create_app can run twice).
     http_apis = Blueprint("http", __name__)
-    for blueprint in (http_api.blueprint, swarm_api.blueprint, ops.blueprint, openai_routes.blueprint,
+    for blueprint in (http_routes.blueprint, swarm_api.blueprint, ops.blueprint, openai_routes.blueprint,
                       openapi_blueprint):
         http_apis.register_blueprint(blueprint)
     app.register_blueprint(cors(http_apis, allow_origin=_cors_origins(settings)))
-    app.register_blueprint(websocket_api.blueprint)
+    app.register_blueprint(websocket_routes.blueprint)
     app.register_blueprint(static.blueprint)
     http_errors.register(app)
 

@@ -1,7 +1,7 @@
 """``GET /openapi.json``: an OpenAPI 3.1 document generated from the pydantic models the routes use.
 
 Request bodies come from the models the routes validate with (OpenAI's in
-:mod:`backend.openai.schemas`, the legacy :class:`backend.protocol.HttpGenerateRequest`);
+:mod:`backend.openai.schemas`, the legacy :class:`backend.legacy.schemas.HttpGenerateRequest`);
 OpenAI responses from the models the API builds them with. The legacy APIs and the
 operational endpoints build their JSON with small functions, so their shapes are
 described here by documentation models (checked against real answers by
@@ -18,8 +18,8 @@ from pydantic.json_schema import models_json_schema
 from quart import Blueprint, jsonify
 
 from . import __version__
+from .legacy.schemas import HttpGenerateRequest
 from .openai import schemas as oa
-from .protocol import HttpGenerateRequest
 
 blueprint = Blueprint("openapi", __name__)
 

@@ -13,11 +13,11 @@ import logging
 import pytest
 from fake_engine import FakeEngine, in_process_app, run_in_app, swarm_errors
 
-from backend import protocol
 from backend.app import safe_request_id
 from backend.engine import plain_text
 from backend.engine.types import Prompt, SamplingParams
 from backend.errors import CACHE_FULL, CacheFull, SamplingFailed
+from backend.legacy import schemas
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,9 +52,9 @@ def test_extreme_sampling_values_are_refused_on_both_legacy_apis_naming_the_fiel
 def _extremes():
     """Every corner of the accepted sampling ranges (legacy and OpenAI APIs; OpenAI's temperature is at least
     the legacy minimum once sampling, and its repetition_penalty has the same minimum)."""
-    fields = protocol.GenerationFields.model_fields
+    fields = schemas.GenerationFields.model_fields
     low_t, low_p = fields["temperature"].metadata[0].ge, fields["repetition_penalty"].metadata[0].ge
-    assert (low_t, low_p) == (protocol.MIN_TEMPERATURE, protocol.MIN_REPETITION_PENALTY)
+    assert (low_t, low_p) == (schemas.MIN_TEMPERATURE, schemas.MIN_REPETITION_PENALTY)
     for temperature in (low_t, 100.0):
         for penalty in (low_p, 100.0):
             for top_p in (1e-300, 1.0):

@@ -15,9 +15,9 @@ import traceback
 
 from quart import Blueprint, Response, jsonify
 
-from .. import protocol
 from ..errors import INTERNAL_ERROR, ApiError
-from .common import state
+from ..routes.common import state
+from . import schemas
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +28,13 @@ def _debug_suffix(error: BaseException, debug: bool) -> str:
 
 def frame(error: ApiError, *, debug: bool) -> dict:
     """The error reply for ``error`` (``debug``: the settings' flag, with the Python traceback appended)."""
-    return protocol.error(error.message + _debug_suffix(error, debug), error.legacy_code)
+    return schemas.error(error.message + _debug_suffix(error, debug), error.legacy_code)
 
 
 def internal_frame(error: Exception, *, debug: bool) -> dict:
     """The error reply for a bug: logged with its stack, told to the client in one line."""
     logger.error("legacy API request failed", exc_info=error)
-    return protocol.error(f"Internal error: {type(error).__name__}" + _debug_suffix(error, debug), INTERNAL_ERROR)
+    return schemas.error(f"Internal error: {type(error).__name__}" + _debug_suffix(error, debug), INTERNAL_ERROR)
 
 
 def response(error: ApiError) -> Response:

@@ -9,7 +9,7 @@ from pydantic import BaseModel
 from quart import Request, current_app
 
 from ..errors import BadRequest, TooLarge
-from . import json_body
+from ..routes import json_body
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}

@@ -3,7 +3,7 @@
 ``/api/v1/generate`` takes form fields, a query string or JSON, and answers
 ``{"ok": true, "outputs": TEXT}``; with ``stream: true`` (an extension) it
 streams Server-Sent Events of the WebSocket API's delta shape. Errors are
-raised and formatted by :mod:`.legacy_errors`.
+raised and formatted by :mod:`.errors`.
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ from collections.abc import AsyncIterator
 
 from quart import Blueprint, jsonify, request
 
-from .. import protocol
 from ..errors import ApiError
+from ..routes import sse
+from ..routes.auth import require_api_key
+from ..routes.common import client_address, service, state
 from ..services.generation import GenerateSpec, Round
-from . import legacy_errors, sse
-from .auth import require_api_key
-from .common import client_address, service, state
+from ..validation import parse
+from . import errors, schemas
 from .forms import read_params
 
 blueprint = Blueprint("http_api", __name__)
-legacy_errors.register(blueprint)
+errors.register(blueprint)
 
 
 @blueprint.get("/api/v1/models")
@@ -41,15 +42,15 @@ async def list_models():
 @blueprint.post("/api/v1/generate")
 async def generate_http():
     require_api_key(request)
-    values = await read_params(request, protocol.HttpGenerateRequest)
-    req = protocol.parse(protocol.HttpGenerateRequest, values)
+    values = await read_params(request, schemas.HttpGenerateRequest)
+    req = parse(schemas.HttpGenerateRequest, values)
     generation = service()
     spec = generation.resolve_model(req.model, own_origin=False)  # no public_api=false models over HTTP
     gen = GenerateSpec(inputs=req.inputs, max_new_tokens=req.max_new_tokens, max_length=req.max_length,
                        sampling=req.sampling(), round_tokens=1 if req.stream else None)
     rounds = generation.generate_once(spec, gen, client_address(request))
     if not req.stream:
-        return jsonify(protocol.http_result("".join([r.outputs async for r in rounds])))
+        return jsonify(schemas.http_result("".join([r.outputs async for r in rounds])))
     try:
         first = await anext(rounds)  # errors before the first token still get a proper status
     except BaseException:
@@ -61,11 +62,11 @@ async def generate_http():
 async def _events(first: Round, rounds: AsyncIterator[Round], *, debug: bool) -> AsyncIterator[str]:
     """The stream's frames: every round, an error frame if the generation fails, then ``[DONE]``."""
     try:
-        yield sse.event(protocol.delta(first.outputs, stop=first.stop, token_count=first.token_count))
+        yield sse.event(schemas.delta(first.outputs, stop=first.stop, token_count=first.token_count))
         async for r in rounds:
-            yield sse.event(protocol.delta(r.outputs, stop=r.stop, token_count=r.token_count))
+            yield sse.event(schemas.delta(r.outputs, stop=r.stop, token_count=r.token_count))
     except ApiError as e:
-        yield sse.event(legacy_errors.frame(e, debug=debug))
+        yield sse.event(errors.frame(e, debug=debug))
     finally:
         await rounds.aclose()
     yield sse.DONE

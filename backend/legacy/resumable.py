@@ -17,7 +17,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator
 
-from .generation import Conversation, Round
+from ..services.generation import Conversation, Round
 
 logger = logging.getLogger(__name__)
 

@@ -7,18 +7,17 @@
 * HTTP ``/api/v1/generate``: :class:`HttpGenerateRequest` (the same generation
   fields plus ``model``), answered with :func:`http_result` or :func:`error`.
 
-Validation errors become :class:`backend.errors.BadRequest` with one line that
-names the field (:func:`parse`).
+Requests are validated with :func:`backend.validation.parse` (one line that names
+the field).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
-from .engine.types import SamplingParams
-from .errors import BadRequest
+from ..engine.types import SamplingParams
 
 # Upper bounds that stop absurd values early (the settings apply tighter limits).
 MAX_INT = 1 << 31
@@ -87,29 +86,6 @@ class GenerateRequest(GenerationFields):
 class HttpGenerateRequest(GenerationFields):
     model: StrictStr
     stream: StrictBool = False
-
-
-R = TypeVar("R", bound=BaseModel)
-
-
-def parse(model: type[R], data: Any) -> R:
-    """Validate ``data``; raise BadRequest with one line naming the first bad field."""
-    if not isinstance(data, dict):
-        raise BadRequest("request must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        first = e.errors()[0]
-        loc = first["loc"]  # e.g. ("do_sample", "bool") for a union member: name the field only
-        field = (str(loc[0]) + "".join(f"[{p}]" for p in loc[1:] if isinstance(p, int))) if loc else "request"
-        kind = first["type"]
-        if kind == "missing":
-            message = f"'{field}' is required"
-        elif kind == "literal_error" and field == "type":
-            message = f"'type' must be {first['ctx']['expected']}, got {first.get('input')!r}"
-        else:
-            message = f"invalid '{field}': {first['msg']}"
-        raise BadRequest(message, param=field) from None
 
 
 # ---- replies -----------------------------------------------------------------

@@ -15,7 +15,7 @@ seconds after it opened (it holds a slot and the swarm's cache). On shutdown, id
 generating ones when their generation ends.
 
 A session opened with ``"resumable": true`` outlives its socket for ``reattach_window`` seconds
-(:mod:`backend.services.resumable`): its generations run in a task of their own, and a new socket takes
+(:mod:`.resumable`): its generations run in a task of their own, and a new socket takes
 it over with ``{"type": "reattach", "resume_token": ...}``; ``{"type": "cancel"}`` stops and closes it.
 """
 
@@ -29,15 +29,17 @@ from collections.abc import AsyncIterator
 
 from quart import Blueprint, websocket
 
-from .. import protocol, slow_readers
+from .. import slow_readers
 from ..errors import ApiError, BadRequest, SessionExpired
+from ..routes import json_body
+from ..routes.common import client_address, is_own_origin, service, state
 from ..services import fair_queue
 from ..services.generation import Conversation, GenerateSpec, Round
 from ..services.planning import StopRules
-from ..services.resumable import Resumable
 from ..services.shutdown import SHUTDOWN, SHUTTING_DOWN
-from . import json_body, legacy_errors
-from .common import client_address, is_own_origin, service, state
+from ..validation import parse
+from . import errors, schemas
+from .resumable import Resumable
 
 logger = logging.getLogger(__name__)
 blueprint = Blueprint("websocket_api", __name__)
@@ -150,7 +152,7 @@ class _Connection:
             await self.close_conversation()  # first: the client may never read again
             if drop.message:
                 with contextlib.suppress(_Drop):
-                    await self.send(protocol.error(drop.message, drop.reason))
+                    await self.send(schemas.error(drop.message, drop.reason))
             try:
                 await asyncio.wait_for(websocket.close(drop.code, (drop.message or "")[:100]), 2)
             except TimeoutError:
@@ -216,7 +218,7 @@ class _Connection:
             elif kind == "reattach":
                 await self.reattach(request)
             elif kind == "cancel":
-                protocol.parse(protocol.CancelRequest, request)
+                parse(schemas.CancelRequest, request)
                 raise _Drop(None)
             else:
                 expected = "'generate'" if self.conversation else "'open_inference_session'"
@@ -224,12 +226,12 @@ class _Connection:
         except ApiError as e:
             if e.closes_session and await self.close_conversation():  # its state is unknown now
                 e.message += " (the inference session was closed; open a new one)"
-            await self.send(legacy_errors.frame(e, debug=settings.debug))
+            await self.send(errors.frame(e, debug=settings.debug))
         except (_Drop, asyncio.CancelledError):
             raise
         except Exception as e:  # a bug: log it, answer in one line, keep the connection
             await self.close_conversation()
-            await self.send(legacy_errors.internal_frame(e, debug=settings.debug))
+            await self.send(errors.internal_frame(e, debug=settings.debug))
 
     async def close_conversation(self) -> bool:
         if self.conversation is None:
@@ -243,7 +245,7 @@ class _Connection:
         return True
 
     async def open(self, request: dict) -> None:
-        req = protocol.parse(protocol.OpenSessionRequest, request)
+        req = parse(schemas.OpenSessionRequest, request)
         generation = service()
         spec = generation.resolve_model(req.model, own_origin=self.own_origin)
         await self.close_conversation()  # a new session replaces the old one
@@ -253,13 +255,13 @@ class _Connection:
         logger.info("ws session opened: model=%s max_length=%d", spec.key, req.max_length)
         if req.resumable and self.app_state.resumable is not None:
             self.resumable = self.app_state.resumable.add(self.conversation, self, self.deadline)
-            await self.send(protocol.ok(resume_token=self.resumable.token))
+            await self.send(schemas.ok(resume_token=self.resumable.token))
         else:
-            await self.send(protocol.ok())
+            await self.send(schemas.ok())
 
     async def reattach(self, request: dict) -> None:
         """Take over a resumable session: the latest generation so far in one frame, then the rest as it comes."""
-        req = protocol.parse(protocol.ReattachRequest, request)
+        req = parse(schemas.ReattachRequest, request)
         sessions = self.app_state.resumable
         held = sessions.attach(req.resume_token, self) if sessions is not None else None
         if held is None:
@@ -270,17 +272,17 @@ class _Connection:
         self.conversation, self.resumable = held.conversation, held
         self.deadline = held.deadline
         logger.info("ws session reattached (generating: %s)", held.generating)
-        await self.send(protocol.ok(resume_token=held.token, generating=held.generating,
-                                    generations=held.generations))
+        await self.send(schemas.ok(resume_token=held.token, generating=held.generating,
+                                   generations=held.generations))
         if held.generations:
             # the latest generation again from its start, round by round, the first marked: the client resets
-            await self.send(protocol.delta("", stop=False, token_count=0, replay=True))
+            await self.send(schemas.delta("", stop=False, token_count=0, replay=True))
             await self.forward(held.follow())
 
     async def generate(self, request: dict) -> None:
         if self.conversation is None:
             raise BadRequest("the first request must be of type 'open_inference_session'")
-        req = protocol.parse(protocol.GenerateRequest, request)
+        req = parse(schemas.GenerateRequest, request)
         stops = StopRules(stop_sequence=req.stop_sequence, extra=tuple(req.extra_stop_sequences or ()),
                           until_stop=True)
         spec = GenerateSpec(inputs=req.inputs, max_new_tokens=req.max_new_tokens, max_length=req.max_length,
@@ -298,7 +300,7 @@ class _Connection:
             return None
 
         async def report(position: int) -> None:
-            await self.send(protocol.queued(position))
+            await self.send(schemas.queued(position))
 
         return fair_queue.suppressing(report)
 
@@ -317,8 +319,8 @@ class _Connection:
                     async for round_ in rounds:
                         if self.resumable is not None and self.resumable.owner is not self:
                             raise _Drop("Session taken over by another connection (reattach)")
-                        await self.send(protocol.delta(round_.outputs, stop=round_.stop,
-                                                       token_count=round_.token_count, **round_.facts()))
+                        await self.send(schemas.delta(round_.outputs, stop=round_.stop,
+                                                      token_count=round_.token_count, **round_.facts()))
                 finally:
                     self.generation_timeout = None
                     if shutdown is not None:

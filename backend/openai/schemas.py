@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from ..errors import ApiError, BadRequest
-from ..protocol import parse
+from ..validation import parse
 
 MAX_INT = 1 << 31
 MAX_LOGPROBS = 20  # alternatives per token (OpenAI: 20 on chat, 5 on completions)

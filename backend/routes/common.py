@@ -31,7 +31,7 @@ class AppState:
     loading_error: str | None = None
     loader: Any = None  # a services.model_loader.ModelLoader once serving
     shutdown: Any = None  # a services.shutdown.ShutdownWatch once serving
-    resumable: Any = None  # a services.resumable.ResumableSessions once serving
+    resumable: Any = None  # a legacy.resumable.ResumableSessions once serving
     prompt_cache: Any = None  # a services.prompt_cache.PromptCache once serving (the OpenAI API's kept sessions)
 
 

@@ -13,8 +13,8 @@ import logging
 from quart import Quart, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .. import protocol
 from ..errors import INTERNAL_ERROR
+from ..legacy import schemas as legacy
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def _body(status: int, message: str) -> dict:
     if request.path.startswith("/v1/") or request.path == "/v1":
         kind = "invalid_request_error" if status < 500 else "server_error"
         return {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
-    return protocol.error(message, LEGACY_CODES.get(status, INTERNAL_ERROR if status >= 500 else "bad_request"))
+    return legacy.error(message, LEGACY_CODES.get(status, INTERNAL_ERROR if status >= 500 else "bad_request"))
 
 
 def register(app: Quart) -> None:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from quart import Blueprint, current_app, jsonify, request
 
-from .. import protocol
+from ..legacy import errors, schemas
 from ..services.swarm_view import SwarmView
-from . import legacy_errors
 from .common import service, state
 
 blueprint = Blueprint("swarm_api", __name__)
-legacy_errors.register(blueprint)
+errors.register(blueprint)
 
 _EXTENSION = "petals_chat_swarm"
 
@@ -31,4 +30,4 @@ def _view() -> SwarmView:
 async def swarm_servers():
     # who serves which blocks is public in the DHT: no public_api rule for this list
     spec = service().resolve_model(request.args.get("model"), own_origin=True)
-    return jsonify(protocol.ok(**await _view().servers(spec.key)))
+    return jsonify(schemas.ok(**await _view().servers(spec.key)))
