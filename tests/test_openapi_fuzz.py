@@ -21,8 +21,9 @@ from hypothesis import strategies as st
 
 pytestmark = pytest.mark.timeout(300)
 
-BUDGET = {("post", "/v1/chat/completions"): 47, ("post", "/v1/completions"): 45,
-          ("post", "/api/v1/generate"): 35, ("get", "/v1/models"): 5, ("get", "/api/v1/models"): 5,
+BUDGET = {("post", "/v1/chat/completions"): 43, ("post", "/v1/completions"): 45,
+          ("post", "/api/v1/generate"): 35, ("get", "/v1/models"): 5, ("get", "/v1/models/{model}"): 4,
+          ("get", "/api/v1/models"): 5,
           ("get", "/api/v1/swarm"): 3, ("get", "/healthz"): 3, ("get", "/readyz"): 3,
           ("get", "/metrics"): 4}  # 150 cases in all
 TOKEN_BUDGETS = {"max_tokens", "max_completion_tokens", "max_new_tokens"}  # 1..4 when valid
@@ -212,8 +213,9 @@ def test_fuzz_operation(live_server, document, method, path):
         body, own, nonce = case
         ran[path] = ran.get(path, 0) + 1
         headers = own_origin if own else {}
-        if body is None:
-            response = http.request(method.upper(), path, params={"nonce": nonce}, headers=headers)
+        if body is None:  # a path's {model}: one of MODELS (known, aliased, not public, unknown)
+            url = path.replace("{model}", MODELS[nonce % len(MODELS)])
+            response = http.request(method.upper(), url, params={"nonce": nonce}, headers=headers)
         else:
             response = http.request(method.upper(), path, json=body, headers=headers)
         verify(operation, document, response)
