@@ -231,8 +231,9 @@ async def _conversation(service: GenerationService, cache: PromptCache, spec: Mo
         session, history = taken
         try:
             conversation = service.adopt(spec, session, client)
-        except BaseException:
-            await service.engine.close_session(session)
+        except BaseException:  # the client may not hold another session now: the session stays kept
+            if not await cache.keep(spec.key, session):
+                await service.engine.close_session(session)
             raise
         reuse.cached_tokens = history.computed
         return conversation, dataclasses.replace(req, inputs=list(ids[len(history.ids):]))
