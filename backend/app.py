@@ -110,7 +110,7 @@ def _start_services(app_state: AppState, engine) -> None:
     app_state.prompt_cache = PromptCache(engine, max_sessions=settings.prompt_cache_sessions,
                                          max_tokens=settings.prompt_cache_tokens,
                                          idle_timeout=settings.prompt_cache_idle_timeout,
-                                         limiter=app_state.service.limiter)
+                                         limiter=app_state.service.limiter, metrics=app_state.metrics)
     app_state.loader = loader
     loader.start()
 

@@ -35,15 +35,21 @@ def engine_sessions(server) -> int:
     return httpx.get(server.url + "/readyz", timeout=30).json()["sessions_open"]
 
 
+def metric(server, name: str) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    return float(next(line.split()[-1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
 def stream_text_and_usage(stream) -> tuple[str, object]:
     chunks = list(stream)
     return "".join(c.choices[0].text for c in chunks if c.choices), chunks[-1].usage
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_each_turn_continues_the_last_one_and_answers_as_a_fresh_prefill(client, reference, stream):
+def test_each_turn_continues_the_last_one_and_answers_as_a_fresh_prefill(client, server, reference, stream):
     prompt = reference.encode(f"Turn by turn {'streamed' if stream else 'whole'}:")
     history: list[int] = []
+    spared, cached = metric(server, "petals_chat_prompt_cache_tokens_total"), 0
     for turn in range(4):
         kwargs = {"model": "tiny", "prompt": prompt, "max_tokens": 6, "temperature": 0}
         if stream:
@@ -57,8 +63,10 @@ def test_each_turn_continues_the_last_one_and_answers_as_a_fresh_prefill(client,
         # the swarm held every token of the last turn but its last (Petals sends that one with the next input)
         assert usage.prompt_tokens_details.cached_tokens == (len(history) - 1 if history else 0), f"turn {turn}"
         assert usage.prompt_tokens == len(prompt)
+        cached += usage.prompt_tokens_details.cached_tokens
         history = prompt + answer
         prompt = history + reference.encode(f" then {turn}")
+    assert metric(server, "petals_chat_prompt_cache_tokens_total") - spared == cached > 0
 
 
 def test_a_prompt_that_diverges_from_every_kept_history_gets_a_fresh_session(client, reference):
@@ -94,6 +102,6 @@ def test_kept_sessions_stay_within_the_count_and_clients_hold_none(client, serve
     for i in range(MAX_SESSIONS + 3):
         client.completions.create(model="tiny", prompt=f"Unrelated prompt number {i}", max_tokens=2, temperature=0)
     assert engine_sessions(server) == MAX_SESSIONS  # the least recently used were closed
-    gauge = httpx.get(server.url + "/metrics", timeout=10).text
-    assert "petals_chat_sessions_open 0.0" in gauge  # kept sessions belong to no client
+    assert metric(server, "petals_chat_prompt_cache_sessions") == MAX_SESSIONS
+    assert metric(server, "petals_chat_sessions_open") == 0  # kept sessions belong to no client
 

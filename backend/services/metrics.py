@@ -25,6 +25,11 @@ class Metrics:
                                              "Time between consecutive tokens of a generation",
                                              buckets=_LATENCY_BUCKETS, registry=r)
         self.swarm_errors = Counter("petals_chat_swarm_errors", "Generations that failed in the swarm", registry=r)
+        self.prompt_cache_sessions = Gauge("petals_chat_prompt_cache_sessions",
+                                           "Inference sessions kept open for prompt prefix reuse", registry=r)
+        self.prompt_cache_tokens = Counter("petals_chat_prompt_cache_tokens",
+                                           "Prompt tokens a kept session already held (not prefilled again)",
+                                           registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

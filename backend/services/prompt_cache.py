@@ -52,11 +52,12 @@ class PromptCache:
     """Open sessions kept after their requests, bounded by a count, a token budget and an idle timeout."""
 
     def __init__(self, engine: Engine, *, max_sessions: int, max_tokens: int, idle_timeout: float,
-                 limiter: Any = None):
+                 limiter: Any = None, metrics: Any = None):
         """``limiter``: the app's session limiter; when it has pressure hooks (``idle``/``not_idle``: idle sessions
         it may ask to close when the server or the swarm's cache is full; ``cache_freed``: closed sessions' cache
-        is free again), kept sessions are such idle sessions."""
+        is free again), kept sessions are such idle sessions. ``metrics``: the app's (kept sessions, tokens spared)."""
         self.engine = engine
+        self._metrics = metrics
         self._limiter = limiter
         self._closing: set[asyncio.Future] = set()
         self._history = getattr(engine, "session_history", None)  # engines that cannot tell (fakes): no reuse
@@ -100,6 +101,7 @@ class PromptCache:
             return None
         self._kept.remove(best)
         self._hook("not_idle", best)
+        self._count(best.history.computed)
         return best.session, best.history
 
     async def keep(self, model_key: str, session: EngineSession) -> bool:
@@ -112,6 +114,7 @@ class PromptCache:
         kept = _Kept(model_key, session, history, time.monotonic())
         self._kept.append(kept)
         self._hook("idle", kept, lambda: self._close_soon(kept))
+        self._count()
         while len(self._kept) > self.max_sessions or self.reserved > self.max_tokens:
             await self._close(self._kept[0])
         if self._sweeper is None or self._sweeper.done():
@@ -132,6 +135,7 @@ class PromptCache:
             return  # taken meanwhile (or closed already)
         self._kept.remove(kept)
         self._hook("not_idle", kept)
+        self._count()
         try:
             await self.engine.close_session(kept.session)
         except Exception:  # a session the swarm already dropped: nothing more to free
@@ -143,6 +147,11 @@ class PromptCache:
         future = asyncio.ensure_future(self._close(kept))
         self._closing.add(future)
         future.add_done_callback(self._closing.discard)
+
+    def _count(self, reused: int = 0) -> None:
+        if self._metrics is not None:
+            self._metrics.prompt_cache_sessions.set(len(self._kept))
+            self._metrics.prompt_cache_tokens.inc(reused)
 
     def _hook(self, name: str, *args: Any) -> None:
         hook = getattr(self._limiter, name, None)
