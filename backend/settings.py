@@ -109,8 +109,9 @@ class Settings:
         32768, "Prompt prefix reuse: most tokens of attention cache (max_length) the kept sessions may reserve in "
         "the swarm together; the least recently used are closed first (0: no reuse).", minimum=0)
     prompt_cache_idle_timeout: float = _setting(
-        300.0, "Prompt prefix reuse: seconds a kept session may stay unused before it is closed and its cache "
-        "freed (0: no reuse).", minimum=0.0)
+        120.0, "Prompt prefix reuse: seconds a kept session may stay unused before it is closed and its cache "
+        "freed (0: no reuse); keep it under the servers' step timeout (Petals: 5 minutes), after which they drop "
+        "an idle session.", minimum=0.0)
     default_max_tokens: int = _setting(
         1024, "New tokens an OpenAI request without max_tokens may generate (and reserves cache for), unless the "
         "model's registry entry sets max_new_tokens.", minimum=1)

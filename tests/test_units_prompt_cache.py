@@ -206,3 +206,18 @@ def test_kept_sessions_are_idle_sessions_the_limiter_may_ask_to_close():
         await prompts.close()
 
     asyncio.run(main())
+
+
+def test_a_session_is_not_kept_past_the_age_petals_servers_allow(monkeypatch):
+    import backend.services.prompt_cache as module
+
+    async def main():
+        engine = FakeEngine()
+        prompts = cache(engine)
+        session = await kept(engine, prompts, [1, 2])
+        assert prompts.take("tiny", [1, 2, 3], needed=10)[0] is session
+        monkeypatch.setattr(module, "MAX_AGE", 0.0)  # older than servers keep a session: they would drop it
+        assert not await prompts.keep("tiny", session) and len(prompts) == 0
+        await prompts.close()
+
+    asyncio.run(main())

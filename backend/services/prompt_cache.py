@@ -3,7 +3,8 @@
 An OpenAI request is stateless: each one sends the whole conversation again, and without reuse every turn
 prefills every earlier turn through the swarm. :class:`PromptCache` keeps the sessions of finished requests
 open: at most ``max_sessions`` of them, reserving at most ``max_tokens`` tokens of attention cache together
-(their ``max_length``), each for at most ``idle_timeout`` seconds unused; the least recently used go first. A
+(their ``max_length``), each for at most ``idle_timeout`` seconds unused (Petals servers drop a session idle for
+5 minutes) and 25 minutes in all (they end every session after 30); the least recently used go first. A
 request whose prompt extends the whole history of a kept session (its prompts and the tokens it generated)
 continues that session and sends only the new tokens; the longest such history wins. A session serves one
 request at a time: it leaves the cache while it generates and comes back when the generation ended cleanly.
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 HEADROOM = 2  # a new session reserves this many times the tokens its request needs (room for the next turns)
 MIN_HEADROOM = 512  # and at least this many tokens more (a few turns of a chat with short answers)
+MAX_AGE = 25 * 60  # seconds: Petals servers end any inference session after 30 minutes (session_timeout)
+_SINCE = "_prompt_cache_since"  # an engine session's attribute: when the cache first kept it
 
 
 @dataclass(eq=False)
@@ -109,7 +112,10 @@ class PromptCache:
         not fit the budget (the caller closes it). Sessions over the bounds are closed, least recently used
         first."""
         history = self._history(session) if self.enabled else None
-        if history is None or session.max_length > self.max_tokens:
+        if not hasattr(session, _SINCE):  # its first time here: it was opened for the request that just ended
+            setattr(session, _SINCE, time.monotonic())
+        too_old = time.monotonic() - getattr(session, _SINCE) > MAX_AGE
+        if history is None or session.max_length > self.max_tokens or too_old:
             return False
         kept = _Kept(model_key, session, history, time.monotonic())
         self._kept.append(kept)
