@@ -11,8 +11,10 @@ request at a time: it leaves the cache while it generates and comes back when th
 
 Petals 2.2's servers cannot rewind a session (its caches only grow), so a prompt that diverges from a kept
 history anywhere (a client that edits an earlier message, an answer cut by a stop string, an answer that
-tokenizes differently from how it was generated) gets a new session. Outputs are the same with and without
-reuse: the model sees the same tokens, only fewer of them cross the swarm.
+tokenizes differently from how it was generated) gets a new session; rewinding would need servers that take a
+step's start position (Petals' later ``start_from_position``). Outputs are the same with and without reuse: the
+model sees the same tokens, only fewer of them cross the swarm (bit for bit in float32; in bfloat16 a prefix
+computed in pieces rounds differently from one computed at once, so a greedy near-tie can go the other way).
 
 New sessions reserve room for a few more turns (twice what the request needs, and at least 512 tokens more,
 within the model's context, the cache's budget and a quarter of a client's token share), so that the next turns
