@@ -78,7 +78,9 @@ def test_decode_block_matches_petals_path(dtype, bucketing, monkeypatch):
 
     expected = [stock_step(block, h, c, p) for h, c, (_, p) in zip(hiddens, stock_caches, shapes, strict=True)]
     sessions = [batched_llama.SessionStep(h, p, [c]) for h, c, (_, p) in zip(hiddens, caches, shapes, strict=True)]
-    got = batched_llama.decode_block(block, torch.cat(hiddens), sessions, 0).split([r for r, _ in shapes])
+    hidden = torch.cat(hiddens)
+    plan = batched_llama.plan_step(block, sessions, hidden)
+    got = batched_llama.decode_block(block, hidden, plan, 0).split([r for r, _ in shapes])
 
     tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
     for out, ref, cache, ref_cache, (_, p) in zip(got, expected, caches, stock_caches, shapes, strict=True):
@@ -86,6 +88,22 @@ def test_decode_block_matches_petals_path(dtype, bucketing, monkeypatch):
         torch.testing.assert_close(cache[0][..., :p + 1], ref_cache[0][..., :p + 1], **tol)
         torch.testing.assert_close(cache[1][:, :, :p + 1], ref_cache[1][:, :, :p + 1], **tol)
         assert not cache[0][..., p + 1:].any(), "a step wrote past its own position"
+
+
+def test_sessions_with_short_caches_attend_padded(monkeypatch):
+    """A session whose cache is shorter than the longest one in its bucket is padded, not cut past its end."""
+    monkeypatch.setattr(batched_llama, "length_buckets", BUCKETINGS["all padded together"])
+    block = make_block(torch.float32)
+    short = make_cache(1, 3, torch.float32)
+    short = (short[0][..., :8].contiguous(), short[1][:, :, :8].contiguous())  # a session of max_length 8
+    caches, prefixes = [short, make_cache(1, 20, torch.float32)], [3, 20]
+    hiddens = [torch.randn(1, 1, HIDDEN) for _ in caches]
+    expected = [stock_step(block, h, tuple(t.clone() for t in c), p)
+                for h, c, p in zip(hiddens, caches, prefixes, strict=True)]
+    sessions = [batched_llama.SessionStep(h, p, [c]) for h, c, p in zip(hiddens, caches, prefixes, strict=True)]
+    hidden = torch.cat(hiddens)
+    got = batched_llama.decode_block(block, hidden, batched_llama.plan_step(block, sessions, hidden), 0)
+    torch.testing.assert_close(got, torch.cat(expected), atol=1e-5, rtol=1e-5)
 
 
 def test_length_buckets_bound_padding_waste():
@@ -176,6 +194,24 @@ def test_one_failed_step_does_not_fail_its_batch_mates(pool):
     assert isinstance(result.per_task[1], KeyError)
     assert torch.equal(result.per_task[0], torch.ones(1, 1, HIDDEN))
     assert torch.equal(result.per_task[2], torch.ones(1, 1, HIDDEN))
+
+
+def test_a_lone_decode_step_takes_the_batched_path_and_falls_back_to_petals():
+    """A lone decode step runs through the batched forward; if that fails, Petals' own step answers it."""
+    calls = []
+
+    def stock(hidden, *rest):
+        calls.append(hidden.shape)
+        return (hidden + 1,)
+
+    step = BatchedStep(stock, backends={})
+    forwarded = []
+    step.forward = lambda group_args: forwarded.append(len(group_args)) or group_args[0][0] * 2
+    (out,) = step(*step_args())
+    assert forwarded == [1] and not calls and torch.equal(out, torch.zeros(1, 1, HIDDEN))
+    step.forward = BatchedStep.forward.__get__(step)  # no backends: the batched forward fails
+    (out,) = step(*step_args())
+    assert calls == [torch.Size([1, 1, HIDDEN])] and torch.equal(out, torch.ones(1, 1, HIDDEN))
 
 
 def result_of(outputs):

@@ -4,9 +4,10 @@ Petals 2.2 runs every session's step alone. Here the steps of several sessions (
 with its own attention cache and prefix length) go through a block together: the norms, the Q/K/V/O
 projections and the MLP run once over all the sessions' rows; rotary embeddings use each row's own position;
 each session's new keys and values are written into its own cache, and attention reads the caches: sessions of
-similar lengths together, copied into one zero-padded batch with a mask (one attention call per block instead of
-one per session), a session unlike the others straight over its cache (:func:`length_buckets`). The arithmetic
-is the one Petals' own Llama block does
+similar lengths together, their caches cut to the longest of them and stacked, with a mask hiding what lies past
+each one's own position (one attention call per block instead of one per session), a session unlike the others
+straight over its cache (:func:`length_buckets`). What all blocks of a step share (rotary factors, buckets,
+masks) is worked out once per step (:class:`StepPlan`). The arithmetic is the one Petals' own Llama block does
 (``petals/models/llama/block.py``): same modules, same rotary tables, softmax in float32, the same cache layout
 (keys ``[batch, kv_heads, head_dim, max_length]``, values ``[batch, kv_heads, max_length, head_dim]``).
 
@@ -49,49 +50,106 @@ def block_of(backend):
     return backend.module.module_shards[0]
 
 
+@dataclass
+class _Bucket:
+    """Sessions (by index, in row order) whose attention runs in one call; ``rows`` None means every row."""
+
+    sessions: list[int]
+    rows: torch.Tensor | None
+    length: int  # the longest attended length in the bucket
+    mask: torch.Tensor | None  # float32 0 / -inf over the padded length, or None for one session
+
+
+class StepPlan:
+    """What every block of one batched step shares, worked out once per step instead of once per block: the
+    rotary factors of each row's position, where each session's rows are, and the attention buckets."""
+
+    def __init__(self, sessions: Sequence[SessionStep], rotary_emb, like: torch.Tensor):
+        self.sessions = sessions
+        self.spans = []  # (first row, rows, position) per session
+        start = 0
+        for session in sessions:
+            n = session.hidden_states.shape[0]
+            self.spans.append((start, n, session.prefix_length))
+            start += n
+        self.rows = start
+        positions = [p for _, n, p in self.spans for _ in range(n)]
+        self.device = like.device
+        cos, sin = rotary_emb(like[:0], seq_len=max(positions) + 1)  # [1, 1, seq, head_dim], the model's dtype
+        index = torch.tensor(positions, device=self.device)
+        self.cos, self.sin = cos[0, 0, index].unsqueeze(1), sin[0, 0, index].unsqueeze(1)  # [rows, 1, head_dim]
+        self.buckets = [self._bucket(sorted(b)) for b in length_buckets([p + 1 for _, _, p in self.spans])]
+
+    def _bucket(self, members: list[int]) -> _Bucket:
+        lengths = [self.spans[i][2] + 1 for i in members]
+        rows = [r for i in members for r in range(self.spans[i][0], sum(self.spans[i][:2]))]
+        index = None if len(rows) == self.rows else torch.tensor(rows, device=self.device)
+        if len(members) == 1:
+            return _Bucket(members, index, lengths[0], None)
+        mask = torch.full((len(rows), 1, 1, max(lengths)), float("-inf"), device=self.device)
+        r = 0
+        for i, used in zip(members, lengths, strict=True):
+            mask[r:r + self.spans[i][1], :, :, :used] = 0.0
+            r += self.spans[i][1]
+        return _Bucket(members, index, max(lengths), mask)
+
+
+def plan_step(layer, sessions: Sequence[SessionStep], hidden: torch.Tensor) -> StepPlan:
+    """The plan of one step of ``hidden`` through blocks like ``layer`` (every Llama block of a model has the
+    same rotary tables: they depend only on the model's config)."""
+    return StepPlan(sessions, layer.self_attn.rotary_emb, hidden)
+
+
 @torch.inference_mode()
-def decode_block(layer, hidden: torch.Tensor, sessions: Sequence[SessionStep], block: int) -> torch.Tensor:
-    """Run ``layer`` (a Petals ``WrappedLlamaBlock``) on ``hidden`` ``[rows, 1, hidden]``, the sessions' rows in
-    order, reading and extending each session's cache for block number ``block`` of its route."""
+def decode_block(layer, hidden: torch.Tensor, plan: StepPlan, block: int) -> torch.Tensor:
+    """Run ``layer`` (a Petals ``WrappedLlamaBlock``) on ``hidden`` ``[rows, 1, hidden]``, the plan's sessions'
+    rows in order, reading and extending each session's cache for block number ``block`` of its route."""
     residual = hidden
     attn_in = layer.input_layernorm(hidden)
-    attn_out = _attention(layer.self_attn, attn_in, sessions, block)
+    attn_out = _attention(layer.self_attn, attn_in, plan, block)
     hidden = residual + layer.self_attn.o_proj(attn_out)
     residual = hidden
     return residual + layer.mlp(layer.post_attention_layernorm(hidden))
 
 
-def _attention(attn, x: torch.Tensor, sessions: Sequence[SessionStep], block: int) -> torch.Tensor:
+def _attention(attn, x: torch.Tensor, plan: StepPlan, block: int) -> torch.Tensor:
     rows = x.shape[0]
     heads, kv_heads, head_dim = attn.num_heads, attn.num_key_value_heads, attn.head_dim
-    query = attn.q_proj(x).view(rows, heads, head_dim)
-    key = attn.k_proj(x).view(rows, kv_heads, head_dim)
+    query = _apply_rotary(attn.q_proj(x).view(rows, heads, head_dim), plan.cos, plan.sin)
+    key = _apply_rotary(attn.k_proj(x).view(rows, kv_heads, head_dim), plan.cos, plan.sin)
     value = attn.v_proj(x).view(rows, kv_heads, head_dim)
-    query, key = _rotate(attn, query, key, value, sessions)
     # query head h reads kv head h // groups, as transformers' repeat_kv lays them out
     query = query.view(rows, kv_heads, heads // kv_heads, head_dim)
-
-    starts, views = [], []
-    start = 0
-    for session in sessions:  # write this step's keys and values, then read each cache up to and including it
-        n, p = session.hidden_states.shape[0], session.prefix_length
-        keys, values = session.caches[block]
-        keys[:, :, :, p] = key[start:start + n]
-        values[:, :, p, :] = value[start:start + n]
-        starts.append(start)
-        views.append((keys[:, :, :, :p + 1], values[:, :, :p + 1, :]))
-        start += n
-    out = torch.empty(rows, 1, heads * head_dim, dtype=x.dtype, device=x.device)
+    caches = [session.caches[block] for session in plan.sessions]
+    for (start, n, p), (keys, values) in zip(plan.spans, caches, strict=True):  # this step's keys and values
+        keys.select(3, p).copy_(key[start:start + n])
+        values.select(2, p).copy_(value[start:start + n])
     scale = math.sqrt(head_dim)
-    for bucket in length_buckets([v[0].shape[-1] for v in views]):
-        index = [r for i in bucket for r in range(starts[i], starts[i] + sessions[i].hidden_states.shape[0])]
-        if len(bucket) == 1:
-            (i,) = bucket
-            result = _attend(query[index[0]:index[-1] + 1], *views[i], None, scale)
-        else:
-            result = _attend(query[index], *_padded([views[i] for i in bucket]), scale)
-        out[index, 0] = result.reshape(len(index), heads * head_dim)
+    if len(plan.buckets) == 1 and plan.buckets[0].rows is None:  # the usual case: one call, rows in order
+        return _attend_bucket(query, caches, plan, plan.buckets[0], scale).reshape(rows, 1, heads * head_dim)
+    out = torch.empty(rows, 1, heads * head_dim, dtype=x.dtype, device=x.device)
+    for bucket in plan.buckets:
+        index = bucket.rows if bucket.rows is not None else slice(None)
+        result = _attend_bucket(query[index], caches, plan, bucket, scale)
+        out[index, 0] = result.reshape(result.shape[0], heads * head_dim)
     return out
+
+
+def _attend_bucket(query, caches, plan: StepPlan, bucket: _Bucket, scale: float) -> torch.Tensor:
+    """One attention call for a bucket's rows: straight over a lone session's cache, else over the sessions'
+    caches cut to the bucket's length and stacked, the mask hiding what lies past each session's own position."""
+    length = bucket.length
+    if bucket.mask is None:
+        keys, values = caches[bucket.sessions[0]]
+        return _attend(query, keys[..., :length], values[:, :, :length], None, scale)
+    members = [caches[i] for i in bucket.sessions]
+    if any(k.shape[-1] < length for k, _ in members):  # a session's cache is shorter than the bucket: pad
+        keys, values = _padded([(k[..., :plan.spans[i][2] + 1], v[:, :, :plan.spans[i][2] + 1])
+                                for i, (k, v) in zip(bucket.sessions, members, strict=True)], length)
+    else:  # past a session's position its cache holds finite values the mask zeroes
+        keys = torch.cat([k[..., :length] for k, _ in members])
+        values = torch.cat([v[:, :, :length] for _, v in members])
+    return _attend(query, keys, values, bucket.mask, scale)
 
 
 def _attend(query, keys, values, mask, scale):
@@ -106,23 +164,20 @@ def _attend(query, keys, values, mask, scale):
     return torch.matmul(weights.to(query.dtype), values)
 
 
-def _padded(views):
-    """Several sessions' cache views copied into one zero-padded batch, and the mask that hides the padding."""
+def _padded(views, length: int):
+    """Several sessions' cache views copied into one zero-padded batch of ``length`` positions."""
     rows = sum(k.shape[0] for k, _ in views)
     keys0 = views[0][0]
-    length = max(k.shape[-1] for k, _ in views)
     kv_heads, head_dim = keys0.shape[1], keys0.shape[2]
     keys = keys0.new_zeros(rows, kv_heads, head_dim, length)
     values = keys0.new_zeros(rows, kv_heads, length, head_dim)
-    mask = torch.full((rows, 1, 1, length), float("-inf"), device=keys0.device)
     r = 0
     for k, v in views:
         n, used = k.shape[0], k.shape[-1]
         keys[r:r + n, :, :, :used] = k
         values[r:r + n, :, :used] = v
-        mask[r:r + n, :, :, :used] = 0.0
         r += n
-    return keys, values, mask
+    return keys, values
 
 
 def length_buckets(lengths: Sequence[int], max_waste: float = 2.0, max_tokens: int = 16384) -> list[list[int]]:
@@ -145,15 +200,6 @@ def length_buckets(lengths: Sequence[int], max_waste: float = 2.0, max_tokens: i
     if current:
         groups.append(current)
     return groups
-
-
-def _rotate(attn, query, key, value, sessions):
-    """Rotary embeddings at each row's own position (its session's prefix length)."""
-    positions = [s.prefix_length for s in sessions for _ in range(s.hidden_states.shape[0])]
-    cos, sin = attn.rotary_emb(value, seq_len=max(positions) + 1)  # [1, 1, seq, head_dim], the model's dtype
-    index = torch.tensor(positions, device=query.device)
-    cos, sin = cos[0, 0, index].unsqueeze(1), sin[0, 0, index].unsqueeze(1)  # [rows, 1, head_dim]
-    return _apply_rotary(query, cos, sin), _apply_rotary(key, cos, sin)
 
 
 def _apply_rotary(x, cos, sin):

@@ -8,9 +8,10 @@ requests into batches"), so N sessions cost N forward passes per token. :func:`i
 - When the runtime asks for work, the pool takes the most urgent task as before. If it is a decode step (one new
   token per row, no deep prompts, no beam reordering) it also takes every other decode step already queued for
   the same blocks and adapter, up to ``max_sessions``. A lone session never waits for company: its step runs at
-  once, on Petals' own code path. When the last groups were larger than what is queued now, the pool waits a
-  moment (at most ``max_wait_ms`` and half a forward) for the missing steps (``batching_pool.GatherWindow``).
-- A group of several steps runs as one forward per block (:mod:`backend.swarm.batched_llama`), each session
+  once (through the same code as a group: cheaper per block than Petals' path). When the last groups were larger
+  than what is queued now, the pool waits a moment (at most ``max_wait_ms`` and half a forward) for the missing
+  steps (``batching_pool.GatherWindow``).
+- A group of steps runs as one forward per block (:mod:`backend.swarm.batched_llama`), each session
   keeping its own cache and prefix length. If the group fails (e.g. one session closed while queued), each step
   is rerun alone on Petals' path, so one session's error never fails its batch-mates.
 - Prefill steps, other model families and anything unusual take Petals' path unchanged.
