@@ -34,6 +34,7 @@ class FakeEngine:
         self.load_threads: set[str] = set()
         self.shut_down = False
         self.swarm_reads = 0
+        self.rewinds = False  # sessions may be rewound (Engine.rewind)
         self._status = {key: ModelStatus(key=key, ready=ready and gate is None and key not in self.failures)
                         for key in models}
 
@@ -87,7 +88,12 @@ class FakeEngine:
         """Tests give a session its tokens (``session.ids``); all but the last are 'computed', as in Petals."""
         if session.closed or not session.ids:
             return None
-        return SessionHistory(ids=tuple(session.ids), computed=len(session.ids) - 1)
+        return SessionHistory(ids=tuple(session.ids), computed=len(session.ids) - 1, rewinds=self.rewinds)
+
+    def rewind(self, session, keep):
+        assert self.rewinds and 1 <= keep <= len(session.ids)
+        session.ids = session.ids[:keep]
+        session.length = keep
 
     async def stream(self, session, inputs, params, *, max_new_tokens, stop_sequences):
         yield Chunk(text="a", tokens=1)

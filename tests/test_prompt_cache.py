@@ -69,13 +69,29 @@ def test_each_turn_continues_the_last_one_and_answers_as_a_fresh_prefill(client,
     assert metric(server, "petals_chat_prompt_cache_tokens_total") - spared == cached > 0
 
 
-def test_a_prompt_that_diverges_from_every_kept_history_gets_a_fresh_session(client, reference):
+def test_a_prompt_that_shares_too_little_with_every_kept_history_gets_a_fresh_session(client, reference):
     base = reference.encode("A shared beginning, then")
     client.completions.create(model="tiny", prompt=base, max_tokens=4, temperature=0)
-    edited = base[:-1] + reference.encode(" but another end")  # the last token differs: no rewind in Petals 2.2
+    edited = base[:-1] + reference.encode(" but another end")  # under MIN_REWIND tokens in common: not rewound
     result = client.completions.create(model="tiny", prompt=edited, max_tokens=5, temperature=0)
     assert result.usage.prompt_tokens_details.cached_tokens == 0
     assert result.choices[0].text == reference.decode(reference.greedy_ids(edited, 5))
+
+
+def test_a_prompt_that_diverges_late_rewinds_the_session_and_answers_as_a_fresh_prefill(client, reference):
+    base = reference.encode("A long beginning that the next request shares almost all of, word for word, " * 2)
+    client.completions.create(model="tiny", prompt=base, max_tokens=4, temperature=0)
+    history = base + reference.greedy_ids(base, 4)
+    edited = base[:-3] + reference.encode(" and then an edited ending")  # an edited last message
+    common = next(i for i, (a, b) in enumerate(zip(edited, history, strict=False)) if a != b)
+    assert common >= max(16, len(history) // 2)
+    for turn in range(2):  # the rewound session, then the same session continued normally
+        result = client.completions.create(model="tiny", prompt=edited, max_tokens=5, temperature=0)
+        answer = reference.greedy_ids(edited, 5)
+        assert result.choices[0].text == reference.decode(answer), f"turn {turn}"
+        assert result.usage.prompt_tokens_details.cached_tokens == common - 1, f"turn {turn}"
+        common = len(edited) + len(answer)  # the next prompt extends this whole answer
+        edited = edited + answer + reference.encode(" more")
 
 
 def test_chat_turns_report_their_cached_tokens_and_answer_the_same(client, reference):

@@ -42,6 +42,25 @@ def test_the_longest_history_the_prompt_extends_is_continued_and_leaves_the_cach
     asyncio.run(main())
 
 
+def test_a_session_that_can_be_rewound_is_continued_from_where_the_prompt_parts_from_it():
+    async def main():
+        engine = FakeEngine()
+        engine.rewinds = True
+        prompts = cache(engine)
+        history = list(range(1, 41))  # 40 tokens
+        session = await kept(engine, prompts, history)
+        assert prompts.take("tiny", [1, 2, 3, 99], needed=50) is None  # too little in common: left alone
+        taken, kept_history = prompts.take("tiny", [*history[:30], 99, 98], needed=50)
+        assert taken is session and kept_history.ids == tuple(history[:30]) and kept_history.computed == 29
+        assert session.ids == history[:30]  # rewound
+        await prompts.keep("tiny", session)
+        taken, kept_history = prompts.take("tiny", history[:25], needed=50)  # a prompt that ends inside it
+        assert taken is session and kept_history.ids == tuple(history[:25])
+        await prompts.close()
+
+    asyncio.run(main())
+
+
 def test_no_match_for_another_model_a_shorter_prompt_or_a_session_without_room():
     async def main():
         engine = FakeEngine()

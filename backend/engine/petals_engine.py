@@ -34,7 +34,7 @@ from ..errors import (
     UnknownModel,
 )
 from ..registry import ModelSpec
-from . import coalesced_head, grammar, petals_patches, plain_text, swarm_map
+from . import coalesced_head, grammar, petals_patches, plain_text, rewind, swarm_map
 from .detokenizer import IncrementalDetokenizer
 from .device import resolve_device, resolve_dtype
 from .types import Chunk, ModelStatus, SamplingParams, SessionHistory, TokenLogprob
@@ -422,7 +422,13 @@ class PetalsEngine:
         ids = tuple(inner.output_ids[0].tolist())
         if inner.position != len(ids) - 1:
             return None
-        return SessionHistory(ids=ids, computed=inner.position)
+        return SessionHistory(ids=ids, computed=inner.position, rewinds=rewind.supported(inner))
+
+    def rewind(self, session: PetalsSession, keep: int) -> None:
+        """Keep the session's first ``keep`` tokens (servers with ``backend.swarm.session_rewind`` forget the rest)."""
+        if session.busy is not None and not session.busy.done():
+            raise BadRequest("A generation is already running in this session")
+        rewind.rewind(session.inner, keep)
 
     # ---------------------------------------------------------------- the swarm, as the page shows it
     def route(self, session: PetalsSession) -> list[dict[str, Any]]:

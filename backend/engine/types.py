@@ -68,6 +68,7 @@ class SessionHistory:
 
     ids: tuple[int, ...]  # every token so far, in order: its prompts and its generated tokens
     computed: int  # how many of them the swarm already holds attention caches for (the rest goes with the next input)
+    rewinds: bool = False  # the session may be rewound to an earlier point (Engine.rewind)
 
 
 @dataclass
@@ -120,6 +121,10 @@ class Engine(Protocol):
     def session_history(self, session: EngineSession) -> SessionHistory | None:
         """The session's tokens when a generation may continue it with more input; None when it cannot (closed,
         never generated, generating now, or left unsure by a failed step)."""
+
+    def rewind(self, session: EngineSession, keep: int) -> None:
+        """Keep only the first ``keep`` tokens of the session's history (its ``session_history`` said it
+        ``rewinds``); the next generation continues from there."""
 
     def route(self, session: EngineSession) -> list[dict[str, Any]]:
         """The servers holding the session's blocks now, in block order: ``{"peer_id", "start", "end"}`` each."""

@@ -9,10 +9,11 @@ request whose prompt extends the whole history of a kept session (its prompts an
 continues that session and sends only the new tokens; the longest such history wins. A session serves one
 request at a time: it leaves the cache while it generates and comes back when the generation ended cleanly.
 
-Petals 2.2's servers cannot rewind a session (its caches only grow), so a prompt that diverges from a kept
-history anywhere (a client that edits an earlier message, an answer cut by a stop string, an answer that
-tokenizes differently from how it was generated) gets a new session; rewinding would need servers that take a
-step's start position (Petals' later ``start_from_position``). Outputs are the same with and without reuse: the
+A prompt that diverges from a kept history (a client that edits its last message, an answer cut by a stop
+string, an answer that tokenizes differently from how it was generated) continues it from where they part when
+the session can be rewound (every server of its route runs :mod:`backend.swarm.session_rewind`, as the servers
+this app starts do) and they share most of it; else it gets a new session (stock Petals 2.2 servers only let a
+session grow). Outputs are the same with and without reuse: the
 model sees the same tokens, only fewer of them cross the swarm (bit for bit in float32; in bfloat16 a prefix
 computed in pieces rounds differently from one computed at once, so a greedy near-tie can go the other way).
 
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 HEADROOM = 2  # a new session reserves this many times the tokens its request needs (room for the next turns)
 MIN_HEADROOM = 512  # and at least this many tokens more (a few turns of a chat with short answers)
 MAX_AGE = 25 * 60  # seconds: Petals servers end any inference session after 30 minutes (session_timeout)
+MIN_REWIND = 16  # tokens a rewound session must keep (fewer: a new session costs about the same)
 _SINCE = "_prompt_cache_since"  # an engine session's attribute: when the cache first kept it
 
 
@@ -94,20 +96,26 @@ class PromptCache:
         return size if self.enabled and fits else needed
 
     def take(self, model_key: str, prompt: Sequence[int], needed: int) -> tuple[EngineSession, SessionHistory] | None:
-        """The kept session whose whole history ``prompt`` extends the furthest, with room for ``needed`` tokens
-        (the prompt and the new ones); it leaves the cache. None when no kept session fits."""
-        best: _Kept | None = None
+        """The kept session that holds the longest start of ``prompt`` (its whole history, or, when it can be
+        rewound, most of it) with room for ``needed`` tokens (the prompt and the new ones); it leaves the cache,
+        rewound to what the prompt shares with it. None when no kept session fits."""
+        best, best_common = None, 0
         for kept in self._kept:
-            ids = kept.history.ids
-            if (kept.model_key == model_key and kept.session.max_length >= needed and len(ids) <= len(prompt)
-                    and (best is None or len(ids) > len(best.history.ids)) and tuple(prompt[:len(ids)]) == ids):
-                best = kept
+            if kept.model_key != model_key or kept.session.max_length < needed:
+                continue
+            common = _common_prefix(prompt, kept.history)
+            if common > best_common:
+                best, best_common = kept, common
         if best is None:
             return None
         self._kept.remove(best)
         self._hook("not_idle", best)
-        self._count(best.history.computed)
-        return best.session, best.history
+        history = best.history
+        if best_common < len(history.ids):
+            self.engine.rewind(best.session, best_common)
+            history = dataclasses.replace(history, ids=history.ids[:best_common], computed=best_common - 1)
+        self._count(history.computed)
+        return best.session, history
 
     async def keep(self, model_key: str, session: EngineSession) -> bool:
         """Keep ``session`` (its generation ended) for later requests; False when it cannot be continued or does
@@ -178,6 +186,20 @@ class PromptCache:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await self.clear()
+
+
+def _common_prefix(prompt: Sequence[int], history: SessionHistory) -> int:
+    """How many tokens of ``history`` a session continuing ``prompt`` can keep: all of them when the prompt extends
+    it; when it diverges (or ends) earlier and the session can be rewound, the tokens they share, if they are at
+    least :data:`MIN_REWIND` and half the history (a prompt sharing only, say, a system prompt gets a new session
+    and leaves the kept one to its own conversation); else 0."""
+    ids = history.ids
+    if len(ids) <= len(prompt) and tuple(prompt[:len(ids)]) == ids:
+        return len(ids)
+    if not history.rewinds:
+        return 0
+    common = next((i for i, (a, b) in enumerate(zip(prompt, ids, strict=False)) if a != b), min(len(prompt), len(ids)))
+    return common if common >= max(MIN_REWIND, len(ids) // 2) else 0
 
 
 @dataclass

@@ -11,7 +11,8 @@ Two flags of its own come before Petals' flags are parsed (see
 many sessions' decode steps run as one forward, and ``--no_batching`` gives
 stock Petals behaviour, and ``--max_batch_wait_ms`` (default 20) bounds how long
 the pool waits for the rest of a group it has seen before (never for a lone
-session).
+session). ``--no_rewind`` leaves out :mod:`backend.swarm.session_rewind` (steps
+that start at an earlier position of their session, for the prompt cache).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def parse_own_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--no_batching", action="store_true")
+    parser.add_argument("--no_rewind", action="store_true")
     parser.add_argument("--max_batch_sessions", type=int, default=DEFAULT_MAX_SESSIONS)
     parser.add_argument("--max_batch_wait_ms", type=float, default=DEFAULT_MAX_WAIT_MS)
     own, rest = parser.parse_known_args(argv)
@@ -62,6 +64,10 @@ def main(argv: list[str]) -> None:
             print(f"Batched decoding on: up to {own.max_batch_sessions} sessions per forward", flush=True)
         except batching.UnsupportedPetals as e:
             print(f"Batched decoding off: {e}", flush=True)
+    if not own.no_rewind:
+        from . import session_rewind
+
+        session_rewind.install()  # after batching's version check: it marks the announced version
     from petals.server import server as server_module
 
     original = server_module.ModuleContainer.run_in_background
