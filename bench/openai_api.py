@@ -5,6 +5,7 @@
 * ``reuse``: a 10-turn chat, streamed, greedy, once on a backend with prompt prefix reuse and once on one
   without (``prompt_cache_sessions=0``): time to first token of each turn, the cached tokens reported, and
   whether both backends gave the same answers (they must). Target: turn 10's TTFT with reuse <= 0.3x without.
+  Then turn 10's question is asked in other words (an edited message): with reuse its session is rewound.
 * ``constrained``: decoding speed (tokens/s between the first and the last token of a stream) of an answer
   constrained by a JSON schema against a free one. Target: the constraint costs <= 15%.
 
@@ -103,23 +104,33 @@ def schemas(api, cases: list | None = None, max_tokens: int = 160) -> dict:
 
 
 def conversation(api, turns: int, max_tokens: int) -> list[dict]:
-    """A chat of ``turns`` turns, streamed: each turn's TTFT, cached tokens and answer."""
+    """A chat of ``turns`` turns, streamed, then its last question asked again in other words (an edited
+    message: the prompt parts from the kept session's history there): each turn's TTFT, cached tokens, answer."""
     messages, out = [], []
-    for question in QUESTIONS[:turns]:
+    for question in [*QUESTIONS[:turns], EDITED]:
+        if question is EDITED:
+            messages = messages[:-2]  # the last question and its answer replaced
         messages.append({"role": "user", "content": question})
-        started = time.perf_counter()
-        stream = api.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=max_tokens,
-                                             stream=True, stream_options={"include_usage": True})
-        ttft, answer, usage = None, "", None
-        for chunk in stream:
-            if chunk.choices and chunk.choices[0].delta.content:
-                ttft = ttft if ttft is not None else time.perf_counter() - started
-                answer += chunk.choices[0].delta.content
-            usage = chunk.usage or usage
-        messages.append({"role": "assistant", "content": answer})
-        out.append({"ttft_s": round(ttft or 0.0, 4), "prompt_tokens": usage.prompt_tokens,
-                    "cached_tokens": usage.prompt_tokens_details.cached_tokens, "answer": answer})
+        out.append(chat_turn(api, messages, max_tokens))
+        messages.append({"role": "assistant", "content": out[-1]["answer"]})
     return out
+
+
+EDITED = "In one sentence, what did we talk about?"
+
+
+def chat_turn(api, messages: list[dict], max_tokens: int) -> dict:
+    started = time.perf_counter()
+    stream = api.chat.completions.create(model=MODEL, messages=messages, temperature=0, max_tokens=max_tokens,
+                                         stream=True, stream_options={"include_usage": True})
+    ttft, answer, usage = None, "", None
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            ttft = ttft if ttft is not None else time.perf_counter() - started
+            answer += chunk.choices[0].delta.content
+        usage = chunk.usage or usage
+    return {"ttft_s": round(ttft or 0.0, 4), "prompt_tokens": usage.prompt_tokens,
+            "cached_tokens": usage.prompt_tokens_details.cached_tokens, "answer": answer}
 
 
 def stream_gaps(api, response_format: dict | None, max_tokens: int) -> list[float]:
@@ -212,11 +223,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _reuse_summary(reuse: dict) -> dict:
-    with_, without = reuse["with"], reuse["without"]
-    return {"turns": len(with_), "last_ttft_with_s": with_[-1]["ttft_s"], "last_ttft_without_s": without[-1]["ttft_s"],
-            "ratio": round(with_[-1]["ttft_s"] / without[-1]["ttft_s"], 3),
-            "last_prompt_tokens": with_[-1]["prompt_tokens"], "last_cached_tokens": with_[-1]["cached_tokens"],
-            "same_answers": [t["answer"] for t in with_] == [t["answer"] for t in without]}
+    """Turn 10 (the last of the conversation) and the edited turn after it, with reuse and without."""
+    (*turns, last, edit), (*_, last_without, edit_without) = reuse["with"], reuse["without"]
+    return {"turns": len(turns) + 1, "last_ttft_with_s": last["ttft_s"], "last_ttft_without_s": last_without["ttft_s"],
+            "ratio": round(last["ttft_s"] / last_without["ttft_s"], 3),
+            "last_prompt_tokens": last["prompt_tokens"], "last_cached_tokens": last["cached_tokens"],
+            "edit_ttft_with_s": edit["ttft_s"], "edit_ttft_without_s": edit_without["ttft_s"],
+            "edit_prompt_tokens": edit["prompt_tokens"], "edit_cached_tokens": edit["cached_tokens"],
+            "same_answers": [t["answer"] for t in reuse["with"]] == [t["answer"] for t in reuse["without"]]}
 
 
 def _machine() -> str:

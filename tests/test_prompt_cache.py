@@ -110,8 +110,11 @@ def test_chat_turns_report_their_cached_tokens_and_answer_the_same(client, refer
                                                                          add_generation_prompt=True))
     generated = reference.greedy_ids(first_ids, 5, eos=False)[:first.usage.completion_tokens]
     history = first_ids + generated
+    common = next((i for i, (a, b) in enumerate(zip(ids, history, strict=False)) if a != b),
+                  min(len(ids), len(history)))
+    rewound = common >= max(16, len(history) // 2)  # else a new session (the rule of prompt_cache._common_prefix)
     cached = second.usage.prompt_tokens_details.cached_tokens
-    assert cached == (len(history) - 1 if ids[:len(history)] == history else 0)
+    assert cached == (common - 1 if common == len(history) or rewound else 0)
 
 
 def test_kept_sessions_stay_within_the_count_and_clients_hold_none(client, server, reference):
