@@ -102,7 +102,8 @@ def test_v1_without_max_tokens_reserves_the_prompt_and_a_default(registry):
         return await open_session(model_key, max_length)
 
     engine.open_session = recording
-    app = in_process_app(engine, registry, default_max_tokens=100)
+    # without prompt reuse: a kept session reserves room for the next turns too (test_units_prompt_cache.py)
+    app = in_process_app(engine, registry, default_max_tokens=100, prompt_cache_sessions=0)
 
     async def scenario(client):
         await client.post("/v1/completions", json={"model": "tiny", "prompt": "hello"})
