@@ -31,6 +31,10 @@ from .stack import EMBEDDED_DIR, MODEL_KEY, REPO, start_backend, write_registry 
 from .stats import concurrent_summary  # noqa: E402
 
 PROMPT = "Count to one hundred: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,"
+# asked at once (so the batched server runs them together), greedy: both servers must give the same answers
+QUESTIONS = ("What is the capital of France?", "Name three primary colours.", "What is 12 times 12?",
+             "Write a haiku about the sea.", "Who wrote Romeo and Juliet?", "What does a CPU do?",
+             "Give me a synonym for happy.", "How many legs does a spider have?")
 KINDS = ("stock", "batched")
 
 
@@ -90,6 +94,8 @@ def measure_kind(kind: str, args, tmp: Path, progress) -> dict:
         backend = start_backend(tmp / kind, peers=peers, registry=registry, client_dtype="auto", threads=None)
         n_prompt = len(_tokenizer(args.model)(PROMPT, add_special_tokens=False)["input_ids"])
         asyncio.run(clients.ws_stream(backend.ws_url, MODEL_KEY, PROMPT, n_prompt, 4))  # warm-up
+        progress(f"{kind}: {len(QUESTIONS)} fixed questions at once, greedy")
+        answers = asyncio.run(fixed_answers(backend.url))
         levels = []
         for n in args.sessions:
             tokens = args.tokens if n < 64 else max(4, args.tokens // 2)
@@ -99,11 +105,26 @@ def measure_kind(kind: str, args, tmp: Path, progress) -> dict:
                 streams = asyncio.run(clients.ws_concurrent(backend.ws_url, MODEL_KEY, PROMPT, n_prompt, tokens, n))
             levels.append({**concurrent_summary(streams), "tokens_per_session": tokens,
                            "peak_rss_mb": {k: round(v, 1) for k, v in memory.peak.items()}})
-        return {"kind": kind, "flags": flags, "levels": levels}
+        return {"kind": kind, "flags": flags, "levels": levels, "answers": answers}
     finally:
         if backend is not None:
             backend.stop()
         swarm.stop(grace=3)
+
+
+async def fixed_answers(url: str, max_tokens: int = 24) -> list[str]:
+    """The greedy answers to :data:`QUESTIONS`, asked all at once through the OpenAI API."""
+    import httpx
+
+    async with httpx.AsyncClient(timeout=600) as client:
+        async def one(question: str) -> str:
+            r = await client.post(f"{url}/v1/chat/completions", json={
+                "model": MODEL_KEY, "messages": [{"role": "user", "content": question}], "max_tokens": max_tokens,
+                "temperature": 0})
+            r.raise_for_status()
+            return r.json()["choices"][0]["message"]["content"]
+
+        return list(await asyncio.gather(*(one(q) for q in QUESTIONS)))
 
 
 def _tokenizer(model: Path):
@@ -144,7 +165,7 @@ def main(argv: list[str]) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="petals-chat-bench-batching-"))
     from tqdm import tqdm
 
-    bar = tqdm(total=2 * (len(args.sessions) + 1) + 1, unit="step", file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=2 * (len(args.sessions) + 2) + 1, unit="step", file=sys.stderr, dynamic_ncols=True)
 
     def progress(what: str) -> None:
         bar.set_description_str(what[:44].ljust(44))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .readme_section import replace_section
+
 README_START = "<!-- batching:start (written by python -m bench.batching) -->"
 README_END = "<!-- batching:end -->"
 
@@ -42,6 +44,11 @@ def targets(r: dict) -> list[dict]:
         ttft_b, ttft_s = batched[1]["ttft_p50_ms"], stock[1]["ttft_p50_ms"]
         add("one stream: TTFT batched vs stock (ms)", f"{ttft_b:.1f} vs {ttft_s:.1f}", "no worse (within 10%)",
             ttft_b <= 1.1 * ttft_s)
+    answers = [r["kinds"][k].get("answers") for k in ("stock", "batched")]
+    if all(answers):
+        same = sum(a == b for a, b in zip(*answers, strict=True))
+        add(f"{r['config']['swarm_dtype']}: same greedy answers to fixed questions, batched vs stock",
+            f"{same} of {len(answers[0])}", "all", same == len(answers[0]))
     top = max(batched) if batched else None
     if top in stock:
         mem_b, mem_s = (sum(lv[top]["peak_rss_mb"].values()) for lv in (batched, stock))
@@ -76,6 +83,11 @@ def markdown(r: dict) -> str:
     out += ["", "| target | value | goal | status |", "|---|---|---|---|"]
     out += [f"| {t['target']} | {t['value']} | {t['goal']} | {'met' if t['met'] else 'NOT met'} |"
             for t in r["targets"]]
+    answers = [r["kinds"][k].get("answers") or [] for k in ("stock", "batched")]
+    differ = [(i, a, b) for i, (a, b) in enumerate(zip(*answers)) if a != b]
+    if differ:
+        out += ["", "Fixed questions answered differently (stock, then batched):", ""]
+        out += [f"- {i + 1}: {a!r} / {b!r}" for i, a, b in differ]
     return "\n".join(out) + "\n"
 
 
@@ -114,8 +126,5 @@ def write_all(r: dict, out: Path, docs: Path | None, readme: Path | None) -> Non
     if docs is not None:
         chart(r, docs / "batching.png")
         (docs / "batching.md").write_text(markdown(r))
-    if readme is not None and readme.is_file():
-        text = readme.read_text()
-        start, end = text.find(README_START), text.find(README_END)
-        if 0 <= start < end:
-            readme.write_text(text[:start + len(README_START)] + "\n" + markdown(r).strip() + "\n" + text[end:])
+    if readme is not None:
+        replace_section(readme, README_START, README_END, markdown(r))

@@ -77,4 +77,6 @@ def test_bench_batching_quick(tmp_path, tiny_model):
             assert lv["peak_rss_mb"]["server"] > 0 and lv["peak_rss_mb"]["backend"] > 0
     assert [x["batch"] for x in r["inprocess"]] == [1, 4] and all(x["ms_per_step"] > 0 for x in r["inprocess"])
     assert any("TTFT" in t["target"] for t in r["targets"])
+    same = next(t for t in r["targets"] if "same greedy answers" in t["target"])  # float32: exact
+    assert same["met"], (r["kinds"]["stock"]["answers"], r["kinds"]["batched"]["answers"])
     assert (REPO / "README.md").read_text() == readme_before, "the smoke test must not write the README"
