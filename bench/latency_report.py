@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .readme_section import replace_section
+
 README_START = "<!-- latency:start (written by python -m bench.latency) -->"
 README_END = "<!-- latency:end -->"
 
@@ -141,10 +143,4 @@ def chart(r: dict, path: Path) -> None:
 
 def update_readme(readme: Path, table_md: str) -> None:
     """Replace what is between the README's latency markers with this run's tables."""
-    if not readme.is_file():
-        return
-    text = readme.read_text()
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start:
-        return
-    readme.write_text(text[:start + len(README_START)] + "\n" + table_md.strip() + "\n" + text[end:])
+    replace_section(readme, README_START, README_END, table_md)

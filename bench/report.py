@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .readme_section import replace_section
+
 
 def targets(r: dict) -> list[dict]:
     single = r["single"]
@@ -183,10 +185,4 @@ README_END = "<!-- bench:end -->"
 
 def update_readme(readme: Path, table: str) -> None:
     """Replace the README's Performance table (between the bench markers) with this run's."""
-    if not readme.is_file():
-        return
-    text = readme.read_text()
-    start, end = text.find(README_START), text.find(README_END)
-    if start < 0 or end < start:
-        return
-    readme.write_text(text[:start + len(README_START)] + "\n" + table.strip() + "\n" + text[end:])
+    replace_section(readme, README_START, README_END, table)

@@ -124,6 +124,24 @@ def _victim_ws(port: int) -> str:
         return text + reply["outputs"]
 
 
+def _assert_dropped(engine: FastEngine, port: int, sock: socket.socket) -> None:
+    """Once the never-reader's generation runs: others are served meanwhile, and the server drops it within
+    ``DROP_BOUND`` (its session closed, its connection ended), having buffered no more than its bound for it."""
+    started = time.monotonic()
+    poll_until(lambda: engine.produced > 0, 10, "the generation to start")
+    try:
+        assert _victim_ws(port) == "yyy"  # served meanwhile
+        poll_until(lambda: engine.open_sessions == 0, DROP_BOUND, "the never-reader's session to be closed")
+        dropped_after = time.monotonic() - started
+        assert _closed_by_server(sock, 5)
+    finally:
+        sock.close()
+    # what the server buffered for it: its bound, plus what the client's 4 KiB receive buffer took (Linux doubles
+    # it), plus a frame or two in flight
+    assert engine.produced * len(BLOCK) < MAX_UNREAD + 2 * 4096 * 2 + 8 * len(BLOCK), engine.produced
+    assert dropped_after < DROP_BOUND
+
+
 @pytest.fixture
 def fast(registry):
     engine = FastEngine()
@@ -141,20 +159,8 @@ def test_websocket_reader_that_never_reads_is_dropped(fast):
     assert b" 101 " in _read_handshake(sock)
     sock.sendall(_ws_frame({"type": "open_inference_session", "model": "tiny", "max_length": 512}))
     sock.sendall(_ws_frame({"type": "generate", "inputs": "go", "max_new_tokens": 1, "stop_sequence": "</s>"}))
-    started = time.monotonic()
-    poll_until(lambda: engine.produced > 0, 10, "the generation to start")
-    try:
-        assert _victim_ws(port) == "yyy"  # served meanwhile
-        poll_until(lambda: engine.open_sessions == 0, DROP_BOUND, "the never-reader's session to be closed")
-        dropped_after = time.monotonic() - started
-        assert _closed_by_server(sock, 5)
-    finally:
-        sock.close()
-    # what the server buffered for it: its bound, plus what the client's 4 KiB receive buffer took (Linux doubles
-    # it), plus a frame or two in flight
-    assert engine.produced * len(BLOCK) < MAX_UNREAD + 2 * 4096 * 2 + 8 * len(BLOCK), engine.produced
-    assert dropped_after < DROP_BOUND
-    assert _victim_ws(port) == "yyy"
+    _assert_dropped(engine, port, sock)
+    assert _victim_ws(port) == "yyy"  # and after
 
 
 @pytest.mark.parametrize("path, body", [
@@ -167,14 +173,4 @@ def test_sse_reader_that_never_reads_is_dropped(fast, path, body):
     data = json.dumps(body).encode()
     sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
                  f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
-    started = time.monotonic()
-    poll_until(lambda: engine.produced > 0, 10, "the generation to start")
-    try:
-        assert _victim_ws(port) == "yyy"
-        poll_until(lambda: engine.open_sessions == 0, DROP_BOUND, "the never-reader's session to be closed")
-        dropped_after = time.monotonic() - started
-        assert _closed_by_server(sock, 5)
-    finally:
-        sock.close()
-    assert engine.produced * len(BLOCK) < MAX_UNREAD + 2 * 4096 * 2 + 8 * len(BLOCK), engine.produced
-    assert dropped_after < DROP_BOUND
+    _assert_dropped(engine, port, sock)

@@ -132,11 +132,11 @@ export async function screenshot(page, name) {
   return file;
 }
 
-/** Records the JSON frames the page sends over the chat socket. */
-export function recordSentFrames(page) {
+/** Records the JSON frames of the page's WebSockets in one direction: `framesent` or `framereceived`. */
+function recordFrames(page, direction) {
   const frames = [];
   page.on('websocket', (ws) => {
-    ws.on('framesent', (event) => {
+    ws.on(direction, (event) => {
       try {
         frames.push(JSON.parse(String(event.payload)));
       } catch {
@@ -145,4 +145,14 @@ export function recordSentFrames(page) {
     });
   });
   return frames;
+}
+
+/** Records the JSON frames the page sends over the chat socket. */
+export function recordSentFrames(page) {
+  return recordFrames(page, 'framesent');
+}
+
+/** Records the JSON frames the page receives over the chat socket. */
+export function recordReceivedFrames(page) {
+  return recordFrames(page, 'framereceived');
 }

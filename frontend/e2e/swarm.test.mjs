@@ -9,6 +9,7 @@ import {
   lastAnswer,
   launchBrowser,
   openApp,
+  recordReceivedFrames,
   recordSentFrames,
   screenshot,
   sendMessage,
@@ -18,21 +19,6 @@ import {
 } from './helpers.mjs';
 
 const SOCKET = /\/api\/v2\/generate$/;
-
-/** The JSON frames the page receives over the chat socket. */
-function recordReceivedFrames(page) {
-  const frames = [];
-  page.on('websocket', (ws) => {
-    ws.on('framereceived', (event) => {
-      try {
-        frames.push(JSON.parse(String(event.payload)));
-      } catch {
-        // not JSON
-      }
-    });
-  });
-  return frames;
-}
 
 async function swarmOfServer() {
   const response = await fetch(`${BASE_URL}/api/v1/swarm?model=tiny`);
