@@ -84,7 +84,7 @@ def markdown(r: dict) -> str:
     out += [f"| {t['target']} | {t['value']} | {t['goal']} | {'met' if t['met'] else 'NOT met'} |"
             for t in r["targets"]]
     answers = [r["kinds"][k].get("answers") or [] for k in ("stock", "batched")]
-    differ = [(i, a, b) for i, (a, b) in enumerate(zip(*answers)) if a != b]
+    differ = [(i, a, b) for i, (a, b) in enumerate(zip(*answers, strict=False)) if a != b]
     if differ:
         out += ["", "Fixed questions answered differently (stock, then batched):", ""]
         out += [f"- {i + 1}: {a!r} / {b!r}" for i, a, b in differ]
