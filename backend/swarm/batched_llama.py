@@ -128,10 +128,9 @@ def _attention(attn, x: torch.Tensor, plan: StepPlan, block: int) -> torch.Tenso
     if len(plan.buckets) == 1 and plan.buckets[0].rows is None:  # the usual case: one call, rows in order
         return _attend_bucket(query, caches, plan, plan.buckets[0], scale).reshape(rows, 1, heads * head_dim)
     out = torch.empty(rows, 1, heads * head_dim, dtype=x.dtype, device=x.device)
-    for bucket in plan.buckets:
-        index = bucket.rows if bucket.rows is not None else slice(None)
-        result = _attend_bucket(query[index], caches, plan, bucket, scale)
-        out[index, 0] = result.reshape(result.shape[0], heads * head_dim)
+    for bucket in plan.buckets:  # several buckets: each has its own rows
+        result = _attend_bucket(query[bucket.rows], caches, plan, bucket, scale)
+        out[bucket.rows, 0] = result.reshape(result.shape[0], heads * head_dim)
     return out
 
 
