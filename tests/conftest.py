@@ -107,6 +107,30 @@ system_prompt = "A chat."
 """
 
 
+MINIMAL_REGISTRY = """
+default = "tiny"
+
+[[families]]
+name = "Tiny"
+
+[[families.models]]
+key = "tiny"
+[families.models.backend]
+repository = "{path}"
+dht_prefix = "{prefix}"
+[families.models.chat]
+max_session_length = {max_length}
+"""
+
+
+def write_minimal_registry(path: Path, model_path: Path, prefix: str, max_session_length: int,
+                           more: str = "") -> Path:
+    """A registry with one model, ``tiny``, and only what is required (the swarm-join and multi-host tests), then
+    ``more`` registry text."""
+    path.write_text(MINIMAL_REGISTRY.format(path=model_path, prefix=prefix, max_length=max_session_length) + more)
+    return path
+
+
 def write_registry(folder: Path, model_path: Path) -> Path:
     path = folder / "models.toml"
     path.write_text(REGISTRY_TEMPLATE.format(path=model_path))

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, LiveServer, poll_until
+from conftest import REPO, LiveServer, poll_until, write_minimal_registry
 from netns import PREFIX as NS_PREFIX
 from netns import NetnsRig, _ip, cleanup_stale, namespaces, unavailable_reason
 from reliability_helpers import ask, collect, connect, pick_stop
@@ -46,20 +46,6 @@ APP_PORT = 5000
 CLIENT = dict(request_timeout=5, max_retries=4, min_backoff=0.2, max_backoff=1, ban_timeout=2, update_period=2)
 ERROR_BOUND_S = (CLIENT["max_retries"] + 1) * CLIENT["request_timeout"] + CLIENT["max_retries"] * CLIENT[
     "max_backoff"] + 10
-REGISTRY = """
-default = "tiny"
-
-[[families]]
-name = "Tiny"
-
-[[families.models]]
-key = "tiny"
-[families.models.backend]
-repository = "{path}"
-dht_prefix = "{prefix}"
-[families.models.chat]
-max_session_length = 2048
-"""
 TURN1 = "<|im_start|>user\nTell me a story<|im_end|>\n<|im_start|>assistant\n"
 TURN2 = "<|im_start|>user\nGo on<|im_end|>\n<|im_start|>assistant\n"
 
@@ -164,7 +150,7 @@ def hosts(rig, tiny_model, tmp_path_factory):
 def app(rig, hosts, tiny_model):
     log_dir = hosts.log_dir
     registry = log_dir / "models.toml"
-    registry.write_text(REGISTRY.format(path=tiny_model, prefix=PREFIX))
+    write_minimal_registry(registry, tiny_model, PREFIX, max_session_length=2048)
     ip = rig.hosts["app"].ip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "PETALS_CHAT_HOST": ip, "PETALS_CHAT_PORT": str(APP_PORT),
@@ -270,9 +256,11 @@ def test_greedy_answer_routed_across_hosts_equals_transformers(hosts, app, refer
     _session_host(hosts, since)
 
 
-def test_cut_link_mid_answer_gives_the_answer_or_one_clear_error_in_time(rig, hosts, app, reference):
+def _interrupt_second_turn(app, hosts, reference, act) -> tuple[list[dict], float, str, str]:
+    """Turn 1 of the long answer, then turn 2, during which ``act(host)`` runs once, after the 5th reply, on the
+    host serving the session's second span. Turn 2's replies, its duration, that host and the expected text."""
     gen1, stop_text, expected = _long_answer(reference)
-    cut: list[str] = []
+    victims: list[str] = []
 
     async def scenario():
         async with await _open(app) as ws:
@@ -281,22 +269,30 @@ def test_cut_link_mid_answer_gives_the_answer_or_one_clear_error_in_time(rig, ho
             assert first[0]["outputs"] == gen1
             victim = _session_host(hosts, since).host
 
-            def cut_link(reply: dict, n: int) -> None:
-                if n == 5 and not cut:
-                    rig.cut(victim)
-                    cut.append(victim)
+            def on_reply(reply: dict, n: int) -> None:
+                if n == 5 and not victims:  # tokens are flowing through the victim
+                    victims.append(victim)
+                    act(victim)
 
             started = time.monotonic()
             second = await collect(ws, {"type": "generate", "inputs": TURN2, "max_new_tokens": 1,
-                                        "stop_sequence": stop_text}, timeout=ERROR_BOUND_S, on_reply=cut_link)
+                                        "stop_sequence": stop_text}, timeout=ERROR_BOUND_S, on_reply=on_reply)
             return second, time.monotonic() - started
 
+    second, took = asyncio.run(scenario())
+    assert victims, "turn 2 ended before its 5th reply"
+    return second, took, victims[0], expected
+
+
+def test_cut_link_mid_answer_gives_the_answer_or_one_clear_error_in_time(rig, hosts, app, reference):
+    cut: list[str] = []
     try:
-        second, took = asyncio.run(scenario())
+        second, took, _, expected = _interrupt_second_turn(app, hosts, reference,
+                                                           lambda host: (rig.cut(host), cut.append(host)))
     finally:
         if cut:
             rig.restore(cut[0])
-    assert cut and len(second) > 5
+    assert len(second) > 5
     assert took < ERROR_BOUND_S, took
     errors = [r for r in second if not r["ok"]]
     if errors:  # one clear error, last
@@ -312,34 +308,14 @@ def test_cut_link_mid_answer_gives_the_answer_or_one_clear_error_in_time(rig, ho
 
 
 def test_killed_host_mid_answer_is_replaced_by_the_replica(rig, hosts, app, reference):
-    gen1, stop_text, expected = _long_answer(reference)
-    killed: list[str] = []
-
-    async def scenario():
-        async with await _open(app) as ws:
-            since = time.monotonic()
-            first = await collect(ws, {"type": "generate", "inputs": TURN1, "max_new_tokens": 4})
-            assert first[0]["outputs"] == gen1
-            victim = _session_host(hosts, since).host
-
-            def kill(reply: dict, n: int) -> None:
-                if n == 5 and not killed:  # tokens are flowing through the victim: crash its host
-                    rig.kill_host(victim)
-                    killed.append(victim)
-
-            started = time.monotonic()
-            second = await collect(ws, {"type": "generate", "inputs": TURN2, "max_new_tokens": 1,
-                                        "stop_sequence": stop_text}, timeout=ERROR_BOUND_S, on_reply=kill)
-            return second, time.monotonic() - started
-
-    second, took = asyncio.run(scenario())
-    assert killed and not rig.pids(killed[0])
+    second, took, killed, expected = _interrupt_second_turn(app, hosts, reference, rig.kill_host)  # crash its host
+    assert not rig.pids(killed)
     assert all(r["ok"] for r in second), second[-3:]
     assert len(second) > 10 and second[-1]["stop"] is True
     assert "".join(r["outputs"] for r in second) == expected
-    print(f"host {killed[0]} killed after 5 tokens: the replica finished {len(second)} frames in {took:.1f} s")
+    print(f"host {killed} killed after 5 tokens: the replica finished {len(second)} frames in {took:.1f} s")
     assert app.wait_for_sessions(0) == 0
-    hosts.killed = killed[0]
+    hosts.killed = killed
 
 
 def test_hosts_join_and_leave_while_16_sessions_run(rig, hosts, app, tiny_model):

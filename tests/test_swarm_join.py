@@ -17,25 +17,12 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from conftest import REPO, start_backend, stop_backend
+from conftest import REPO, start_backend, stop_backend, write_minimal_registry
 
 pytestmark = pytest.mark.timeout(420)
 
 PREFIX = "join-test"
-REGISTRY = """
-default = "tiny"
-
-[[families]]
-name = "Tiny"
-
-[[families.models]]
-key = "tiny"
-[families.models.backend]
-repository = "{path}"
-dht_prefix = "{prefix}"
-[families.models.chat]
-max_session_length = 256
-
+UNLOADABLE = """
 [[families]]
 name = "Llama 2"
 
@@ -43,7 +30,7 @@ name = "Llama 2"
 key = "meta-llama/Llama-2-70b-chat-hf"
 [families.models.backend]
 repository = "meta-llama/Llama-2-70b-chat-hf"
-"""
+"""  # a second model that cannot load offline: it must not hold the app's health back
 
 
 class SwarmCommand:
@@ -112,7 +99,7 @@ def test_second_swarm_command_joins_by_initial_peers_and_the_app_uses_both(tmp_p
         assert ready.endswith(f"dht_prefix={PREFIX}, joined the swarm at {' '.join(first_peers)}. Ctrl-C to stop.")
 
         registry = tmp_path / "models.toml"
-        registry.write_text(REGISTRY.format(path=tiny_model, prefix=PREFIX))
+        write_minimal_registry(registry, tiny_model, PREFIX, max_session_length=256, more=UNLOADABLE)
         # only the joiner's address: the first command's blocks are found through the shared DHT
         server = start_backend(tmp_path, {"PETALS_CHAT_INITIAL_PEERS": " ".join(second_peers),
                                           "PETALS_CHAT_MODELS": str(registry)}, all_models=False)
