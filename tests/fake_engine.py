@@ -35,6 +35,9 @@ class FakeEngine:
         self.shut_down = False
         self.swarm_reads = 0
         self.rewinds = False  # sessions may be rewound (Engine.rewind)
+        # what each server of swarm() announces (Petals' units: a session of L tokens takes 2 * L * 2 on a server of 2
+        # blocks); None: no announcement. By default room for far more than any test reserves.
+        self.cache_tokens_left: int | None = 1 << 20
         self._status = {key: ModelStatus(key=key, ready=ready and gate is None and key not in self.failures)
                         for key in models}
 
@@ -109,8 +112,8 @@ class FakeEngine:
         self.swarm_reads += 1
         servers = [{"peer_id": peer, "short_id": "..." + peer[-6:], "start": start, "end": start + 2,
                     "spans": [[start, start + 2]], "state": "online", "throughput": 10.0, "inference_rps": None,
-                    "cache_tokens_left": 4096, "version": "2.2.0", "public_name": None, "torch_dtype": "float32",
-                    "using_relay": False}
+                    "cache_tokens_left": self.cache_tokens_left, "version": "2.2.0", "public_name": None,
+                    "torch_dtype": "float32", "using_relay": False}
                    for peer, start in zip(FAKE_PEERS, (0, 2), strict=True)]
         return {"model": model_key, "blocks_total": 4, "blocks_served": 4, "swarm_ok": True, "servers": servers}
 

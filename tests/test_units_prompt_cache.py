@@ -202,7 +202,8 @@ def test_kept_sessions_are_idle_sessions_the_limiter_may_ask_to_close():
         def __init__(self):
             self.idle_sessions, self.freed = {}, []
 
-        def idle(self, key, close):
+        def idle(self, key, close, *, kept_tokens=None):
+            assert kept_tokens == key.session.max_length  # a kept session: it holds cache, no session slot
             self.idle_sessions[key] = close
 
         def not_idle(self, key):

@@ -7,27 +7,18 @@ swarm's DHT announces them (:mod:`backend.engine.swarm_map`), read at most every
 
 from __future__ import annotations
 
-from quart import Blueprint, current_app, jsonify, request
+from quart import Blueprint, jsonify, request
 
 from ..legacy import errors, schemas
-from ..services.swarm_view import SwarmView
-from .common import service, state
+from .common import service
 
 blueprint = Blueprint("swarm_api", __name__)
 errors.register(blueprint)
-
-_EXTENSION = "petals_chat_swarm"
-
-
-def _view() -> SwarmView:
-    view = current_app.extensions.get(_EXTENSION)
-    if view is None:
-        view = current_app.extensions[_EXTENSION] = SwarmView(state().engine)
-    return view
 
 
 @blueprint.get("/api/v1/swarm")
 async def swarm_servers():
     # who serves which blocks is public in the DHT: no public_api rule for this list
     spec = service().resolve_model(request.args.get("model"), own_origin=True)
-    return jsonify(schemas.ok(**await _view().servers(spec.key)))
+    # the view generations read the announced cache from: one DHT read every few seconds serves both
+    return jsonify(schemas.ok(**await service().capacity.view.servers(spec.key)))

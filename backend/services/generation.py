@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from ..engine.types import Chunk, Engine, EngineSession, SamplingParams, TokenLogprob
 from ..errors import MAX_LENGTH_EXCEEDED, BadRequest, CacheFull, Forbidden, LengthExceeded, SwarmError, UnknownModel
 from ..registry import ModelSpec, Registry
+from .capacity import SwarmCapacity
 from .fair_queue import OnPosition
 from .limits import SessionLimiter
 from .metrics import Metrics
 from .planning import Budget, StopRules
+from .swarm_view import SwarmView
 
 logger = logging.getLogger("backend.prompts")
 
@@ -84,6 +86,7 @@ class Conversation:
         self.tokens = tokens  # the max_length reserved (the limiter counts it per client)
         self.closed = False
         self.used = False  # a generation started at least once
+        self.holds_cache = False  # its session reserved attention cache in the swarm (or is reserving it now)
         self._active = not idle  # a generation runs now or is about to (the session is not idle)
 
     async def close(self) -> None:
@@ -93,7 +96,7 @@ class Conversation:
         try:
             await self.service.engine.close_session(self.session)
         finally:
-            self.service.limiter.release(self.client, self.tokens, idle=not self._active)
+            self.service.limiter.release(self.client, self.tokens, idle=not self._active, cache_freed=self.holds_cache)
             self.service.metrics.sessions_open.dec()
 
     def detach(self) -> EngineSession:
@@ -130,13 +133,18 @@ class Conversation:
             self._set_active(False)
 
     async def _generate_waiting_for_cache(self, req: GenerateSpec) -> AsyncIterator[Round]:
-        """A session's first generation: when the swarm has no cache left for it, it waits in line for sessions
-        here to close (:meth:`~.limits.SessionLimiter.wait_for_cache`, ``queue_timeout`` in all), then tries
-        again on a new engine session (nothing was in the old one); the CacheFull error when the wait ends."""
+        """A session's first generation: when the servers announce no cache left for it, it waits in line first
+        (:meth:`~.capacity.SwarmCapacity.admit`); when the swarm then has no cache left for it, it waits in line for
+        sessions here to close (:meth:`~.limits.SessionLimiter.wait_for_cache`, ``queue_timeout`` in all), then
+        tries again on a new engine session (nothing was in the old one); the CacheFull error when the wait ends."""
         limiter = self.service.limiter
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limiter.cache_queue.max_wait
+        capacity = self.service.capacity
+        await capacity.admit(self.session, self.client, max_wait=deadline - loop.time(), on_position=req.on_queue)
         while True:
+            self.holds_cache = True
+            capacity.reserving(self.session)
             since, started = limiter.freed_tokens, False
             try:
                 async with contextlib.aclosing(self._generate(req)) as rounds:
@@ -147,6 +155,8 @@ class Conversation:
             except CacheFull as full:
                 if started:
                     raise
+                self.holds_cache = False  # the swarm refused it: it holds none
+                capacity.forget(self.session)
                 await limiter.wait_for_cache(self.client, self.tokens, full, since=since,
                                              max_wait=deadline - loop.time(), on_position=req.on_queue)
             engine = self.service.engine
@@ -267,6 +277,7 @@ class GenerationService:
         self.budget = Budget(max_new_tokens_limit=max_new_tokens_limit, max_input_chars=max_input_chars,
                              max_input_tokens=max_input_tokens, default_max_tokens=default_max_tokens)
         self.log_prompts = log_prompts
+        self.capacity = SwarmCapacity(SwarmView(engine), limiter)  # the swarm's announced cache, what we hold
 
     async def count_inputs(self, spec: ModelSpec, inputs: str | None) -> int:
         """Tokens in ``inputs``; a clear error when they are over the character or token limit.
@@ -331,7 +342,7 @@ class GenerationService:
         self.limiter.acquire(client, session.max_length, idle=False)
         self.metrics.sessions_open.inc()
         conversation = Conversation(self, spec, session, client, session.max_length, idle=False)
-        conversation.used = True  # the session has generated before: its tokens are in the swarm
+        conversation.used = conversation.holds_cache = True  # it has generated before: its tokens are in the swarm
         return conversation
 
     async def generate_once(self, spec: ModelSpec, req: GenerateSpec, client: str) -> AsyncIterator[Round]:

@@ -7,8 +7,8 @@
   session is idle from its opening until its first generation and between generations), so an address
   cannot hold slots it does not use;
 * generations: at most ``max_generations`` run at once;
-* idle sessions yield: while requests wait for a session slot or for cache, the session idle the longest (a socket's
-  waiting for its next request, registered with :meth:`SessionLimiter.idle`) is told to close, one per waiter;
+* idle sessions yield (:mod:`.yielding`): a request that waits for a session slot makes the live session idle the
+  longest close; one that waits for cache makes the prompt cache's kept sessions close first, then a live one;
 * the swarm's attention cache: a session's first generation that finds it full (``CacheFull``) waits in line
   (:meth:`SessionLimiter.wait_for_cache`) until sessions holding as many tokens as it needs have closed here.
 
@@ -26,6 +26,9 @@ from collections.abc import Callable
 
 from ..errors import BUSY, ApiError, Busy
 from .fair_queue import FairQueue, OnPosition
+from .yielding import IdleSessions
+
+FREED_MEMORY = 120.0  # seconds the limiter remembers when cache was freed (SessionLimiter.freed_within)
 
 
 class SessionLimiter:
@@ -47,7 +50,8 @@ class SessionLimiter:
         self.cache_queue = FairQueue(queue_timeout, max_per_client)
         self.freed_tokens = 0  # max_length of every session closed so far (their cache freed in the swarm)
         self._cache_credit = 0  # of those, tokens freed while generations wait for cache, not yet handed out
-        self._idle_sessions: dict[object, tuple[float, Callable[[], None]]] = {}  # since when, how to close it
+        self._freed_log: collections.deque[tuple[float, int]] = collections.deque()  # (when, tokens) freed
+        self.idle_sessions = IdleSessions()
 
     def acquire(self, client: str, tokens: int = 0, *, idle: bool = True) -> None:
         """Admit a new session of ``tokens`` max_length for ``client``, or raise :class:`Busy`. ``idle``: it waits
@@ -60,23 +64,17 @@ class SessionLimiter:
         """:meth:`acquire`, waiting in line while every session slot is taken (``on_position``: told the place)."""
         self._check_client(client, tokens, idle)
         if self.open >= self.max_sessions and self.session_queue.max_wait > 0:
-            self._yield_idle()  # under pressure: the longest idle session gives its slot to the line
+            self.idle_sessions.yield_slot()  # under pressure: the longest idle session gives its slot to the line
         await self.session_queue.wait(client, lambda: self._take(client, tokens, idle), self._sessions_full,
                                       on_position=on_position, undo=lambda: self.release(client, tokens, idle=idle))
 
-    def idle(self, key: object, close: Callable[[], None]) -> None:
-        """``key``'s session waits for requests: under pressure, ``close()`` may be called to make it yield."""
-        self._idle_sessions[key] = (time.monotonic(), close)
+    def idle(self, key: object, close: Callable[[], None], *, kept_tokens: int | None = None) -> None:
+        """``key``'s session waits for requests: under pressure, ``close()`` may be called to make it yield.
+        ``kept_tokens``: a session the prompt cache keeps (it holds that much cache, no slot)."""
+        self.idle_sessions.add(key, close, kept_tokens=kept_tokens)
 
     def not_idle(self, key: object) -> None:
-        self._idle_sessions.pop(key, None)
-
-    def _yield_idle(self) -> None:
-        """Tell the session idle the longest to close (it releases its slot and cache as it does)."""
-        if self._idle_sessions:
-            key = min(self._idle_sessions, key=lambda k: self._idle_sessions[k][0])
-            _, close = self._idle_sessions.pop(key)
-            close()
+        self.idle_sessions.remove(key)
 
     def _sessions_full(self) -> Busy:
         return Busy(f"{BUSY}: all {self.max_sessions} inference sessions are in use, retry later")
@@ -127,20 +125,29 @@ class SessionLimiter:
     def cache_freed(self, tokens: int) -> None:
         """Sessions of ``tokens`` max_length in all were closed in the swarm: generations waiting for cache may fit."""
         self.freed_tokens += tokens
+        now = time.monotonic()
+        self._freed_log.append((now, tokens))
+        while self._freed_log[0][0] < now - FREED_MEMORY:
+            self._freed_log.popleft()
         if len(self.cache_queue):
             self._cache_credit += tokens
             self.cache_queue.serve()
+
+    def freed_within(self, seconds: float) -> int:
+        """Tokens of cache freed in the last ``seconds`` (at most :data:`FREED_MEMORY`)."""
+        since = time.monotonic() - seconds
+        return sum(tokens for when, tokens in self._freed_log if when >= since)
 
     async def wait_for_cache(self, client: str, tokens: int, error: ApiError, *, since: int, max_wait: float,
                              on_position: OnPosition | None = None) -> None:
         """Wait in line until sessions of ``tokens`` max_length in all have closed (since ``freed_tokens`` was
         ``since``, or while waiting), so a session of ``tokens`` may fit in the swarm's cache again; ``error``
-        (the CacheFull) after ``max_wait`` seconds."""
+        (the CacheFull) after ``max_wait`` seconds. Idle sessions yield what is missing (kept ones first)."""
         if not len(self.cache_queue):
             self._cache_credit = 0
-        if self.cache_queue.max_wait > 0 and max_wait > 0:
-            self._yield_idle()  # its cache is freed in the swarm when it closes
         self._cache_credit += self.freed_tokens - since
+        if self.cache_queue.max_wait > 0 and max_wait > 0 and self._cache_credit < tokens:
+            self.idle_sessions.yield_cache(tokens - self._cache_credit)  # freed in the swarm as they close
 
         def take() -> bool:
             if self._cache_credit < tokens:

@@ -61,8 +61,9 @@ class PromptCache:
     def __init__(self, engine: Engine, *, max_sessions: int, max_tokens: int, idle_timeout: float,
                  limiter: Any = None, metrics: Any = None):
         """``limiter``: the app's session limiter; when it has pressure hooks (``idle``/``not_idle``: idle sessions
-        it may ask to close when the server or the swarm's cache is full; ``cache_freed``: closed sessions' cache
-        is free again), kept sessions are such idle sessions. ``metrics``: the app's (kept sessions, tokens spared)."""
+        it may ask to close when the swarm's cache is full, kept ones first; ``cache_freed``: closed sessions'
+        cache is free again, requests waiting for it are served), kept sessions are such idle sessions.
+        ``metrics``: the app's (kept sessions, tokens spared)."""
         self.engine = engine
         self._metrics = metrics
         self._limiter = limiter
@@ -129,7 +130,7 @@ class PromptCache:
             return False
         kept = _Kept(model_key, session, history, time.monotonic())
         self._kept.append(kept)
-        self._hook("idle", kept, lambda: self._close_soon(kept))
+        self._hook("idle", kept, lambda: self._close_soon(kept), kept_tokens=session.max_length)
         self._count()
         while len(self._kept) > self.max_sessions or self.reserved > self.max_tokens:
             await self._close(self._kept[0])
@@ -169,10 +170,10 @@ class PromptCache:
             self._metrics.prompt_cache_sessions.set(len(self._kept))
             self._metrics.prompt_cache_tokens.inc(reused)
 
-    def _hook(self, name: str, *args: Any) -> None:
+    def _hook(self, name: str, *args: Any, **kwargs: Any) -> None:
         hook = getattr(self._limiter, name, None)
         if hook is not None:
-            hook(*args)
+            hook(*args, **kwargs)
 
     async def clear(self) -> None:
         """Close every kept session now."""
