@@ -120,9 +120,10 @@ class Settings:
     queue_timeout: float = _setting(
         30.0, "Seconds a request may wait in line when every session slot (max_sessions) or generation slot "
         "(max_concurrent_generations) is taken, or when the swarm has no attention cache left for a session's first "
-        "generation (until sessions here close); clients are served round robin by address, and a WebSocket client "
-        "that opens with queue_updates: true is told its place. Then it fails with 'Server is busy' or 'attention "
-        "cache is full' (0: at once).", minimum=0.0)
+        "generation (its servers announce too little, or refuse it) until sessions here close, kept prompt-cache "
+        "sessions first; clients are served round robin by address, and a WebSocket client that opens with "
+        "queue_updates: true is told its place. Then it fails with 'Server is busy' or 'attention cache is full' "
+        "(0: at once; at once too when nothing this app holds could free the cache a session needs).", minimum=0.0)
     max_new_tokens_limit: int = _setting(4096, "Largest max_new_tokens a request may ask for.", minimum=1)
     max_input_chars: int = _setting(1_000_000, "Largest 'inputs' text a request may send, in characters.", minimum=1)
     max_input_tokens: int = _setting(16384, "Largest 'inputs' a request may send, in tokens.", minimum=1)
