@@ -22,7 +22,13 @@ from petals.utils.misc import DUMMY_INT64  # noqa: E402
 from transformers import LlamaConfig  # noqa: E402
 
 from backend.swarm import batched_llama, batching  # noqa: E402
-from backend.swarm.batching_pool import BatchedStep, BatchingTaskPool, Group, decode_key  # noqa: E402
+from backend.swarm.batching_pool import (  # noqa: E402
+    BatchedStep,
+    BatchingTaskPool,
+    Group,
+    decode_key,
+    step_key,
+)
 
 HIDDEN, HEADS, KV_HEADS, MAX_LEN = 64, 4, 2, 32
 
@@ -90,6 +96,31 @@ def test_decode_block_matches_petals_path(dtype, bucketing, monkeypatch):
         assert not cache[0][..., p + 1:].any(), "a step wrote past its own position"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prefills_and_decode_steps_in_one_forward_match_petals_path(dtype):
+    """Sessions adding several tokens (prefills, from an empty or a filled cache, one or two rows) and sessions
+    adding one, in one forward, give what each gets alone on Petals' path, caches included."""
+    block = make_block(dtype)
+    shapes = [(1, 1, 5), (1, 7, 0), (2, 3, 4), (1, 1, 20), (1, 12, 10)]  # (rows, new tokens, prefix length)
+    hiddens = [torch.randn(rows, tokens, HIDDEN).to(dtype) for rows, tokens, _ in shapes]
+    caches = [make_cache(rows, prefix, dtype) for rows, _, prefix in shapes]
+    stock_caches = [tuple(t.clone() for t in c) for c in caches]
+
+    expected = [stock_step(block, h, c, p) for h, c, (_, _, p) in zip(hiddens, stock_caches, shapes, strict=True)]
+    sessions = [batched_llama.SessionStep(h, p, [c]) for h, c, (*_, p) in zip(hiddens, caches, shapes, strict=True)]
+    hidden = torch.cat([h.reshape(-1, 1, HIDDEN) for h in hiddens])
+    plan = batched_llama.plan_step(block, sessions, hidden)
+    got = batched_llama.decode_block(block, hidden, plan, 0).split([r * t for r, t, _ in shapes])
+
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 2e-2, "rtol": 2e-2}
+    for out, ref, cache, ref_cache, (rows, tokens, p) in zip(got, expected, caches, stock_caches, shapes,
+                                                             strict=True):
+        torch.testing.assert_close(out.reshape(rows, tokens, HIDDEN), ref, **tol)
+        torch.testing.assert_close(cache[0][..., :p + tokens], ref_cache[0][..., :p + tokens], **tol)
+        torch.testing.assert_close(cache[1][:, :, :p + tokens], ref_cache[1][:, :, :p + tokens], **tol)
+        assert not cache[0][..., p + tokens:].any(), "a step wrote past its own positions"
+
+
 def test_sessions_with_short_caches_attend_padded(monkeypatch):
     """A session whose cache is shorter than the longest one in its bucket is padded, not cut past its end."""
     monkeypatch.setattr(batched_llama, "length_buckets", BUCKETINGS["all padded together"])
@@ -140,42 +171,49 @@ def step_args(uids=("b.0", "b.1"), tokens=1, prompts=None, hypo_ids=DUMMY_INT64)
     return (torch.zeros(1, tokens, HIDDEN), hypo_ids, infos, *(prompts or [None] * len(uids)))
 
 
-def test_decode_key_accepts_only_plain_decode_steps():
+def test_step_keys_accept_only_plain_steps():
     assert decode_key(step_args()) is not None
-    assert decode_key(step_args(tokens=5)) is None  # prefill
+    assert decode_key(step_args(tokens=5)) is None  # prefill: not a decode step...
+    assert step_key(step_args(tokens=5)) == step_key(step_args())  # ...but it may share a group
     assert decode_key(step_args(hypo_ids=torch.tensor([0]))) is None  # beam reorder
     assert decode_key(step_args(prompts=[torch.zeros(1), None])) is None  # deep prompts
     assert decode_key(step_args()) != decode_key(step_args(uids=("x",)))
+    assert step_key(step_args(hypo_ids=torch.tensor([0]))) is None
 
 
 @pytest.fixture
 def pool():
     pool = BatchingTaskPool(lambda *a: a, max_batch_size=8192, device=torch.device("cpu"), name="test_pool",
-                            max_sessions=3)
+                            max_sessions=3, max_tokens=8)
     pool.start()
     yield pool
     pool.shutdown()
     pool.join(timeout=5)
 
 
-def test_pool_groups_queued_decode_steps_and_keeps_the_rest_in_order(pool):
-    """Decode steps for the same blocks go together (up to max_sessions); a prefill and other blocks wait alone."""
-    a, prefill, b, other, c, d = (pool.submit_task(*args) for args in (
-        step_args(), step_args(tokens=4), step_args(), step_args(uids=("x.0",)), step_args(), step_args()))
-    poll_until(lambda: pool._ordered_tasks.qsize() >= 6, 10, "tasks in the pool's queue", interval=0.005)
+def test_pool_groups_queued_steps_within_sessions_and_tokens_and_keeps_the_rest_in_order(pool):
+    """Steps for the same blocks go together, decode steps and prefills alike, up to max_sessions (3) and
+    max_tokens (8) new tokens; steps for other blocks wait, and every future gets its own step's output."""
+    a, prefill, b, other, big, c, d = (pool.submit_task(*args) for args in (
+        step_args(), step_args(tokens=4), step_args(), step_args(uids=("x.0",)), step_args(tokens=7), step_args(),
+        step_args()))
+    poll_until(lambda: pool._ordered_tasks.qsize() >= 7, 10, "tasks in the pool's queue", interval=0.005)
 
     uid, batch = pool.load_batch_to_runtime()
     assert len(batch) == 1 and isinstance(batch[0], Group)
-    assert [t.uid for t in batch[0].tasks] == [a._uid, b._uid, c._uid]  # max_sessions=3: d waits for the next forward
+    assert [t.uid for t in batch[0].tasks] == [a._uid, prefill._uid, b._uid]  # max_sessions=3
     delivered = {}
     for task in batch[0].tasks:  # the pool's copies of the futures: record what each is given
         task.future.set_result = lambda outputs, uid=task.uid: delivered.setdefault(uid, outputs)
-    pool.send_outputs_from_runtime(uid, result_of([torch.ones(1, 1, HIDDEN) * i for i in range(3)]))
-    assert [delivered[f._uid][0][0, 0, 0].item() for f in (a, b, c)] == [0.0, 1.0, 2.0]
+    pool.send_outputs_from_runtime(uid, result_of([torch.full((1, n, HIDDEN), float(n)) for n in (1, 4, 1)]))
+    assert [tuple(delivered[f._uid][0].shape) for f in (a, prefill, b)] == [(1, 1, HIDDEN), (1, 4, HIDDEN),
+                                                                             (1, 1, HIDDEN)]
+    assert delivered[prefill._uid][0].eq(4.0).all()
 
-    loaded = [pool.load_batch_to_runtime() for _ in range(3)]
-    kinds = [batch[0].shape[1] if isinstance(batch[0], torch.Tensor) else "group" for _, batch in loaded]
-    assert kinds == [4, 1, 1]  # the prefill alone, then the other blocks' step, then d
+    loaded = [pool.load_batch_to_runtime()[1][0] for _ in range(3)]
+    assert isinstance(loaded[0], torch.Tensor) and loaded[0].shape[1] == 1  # the other blocks' step, alone
+    assert [t.uid for t in loaded[1].tasks] == [big._uid, c._uid]  # 7 + 1 tokens: d no longer fits
+    assert isinstance(loaded[2], torch.Tensor)  # d
     assert pool.empty, "every submitted task's pipe token was consumed exactly once"
 
 
@@ -217,6 +255,6 @@ def test_a_lone_decode_step_takes_the_batched_path_and_falls_back_to_petals():
 def result_of(outputs):
     from backend.swarm.batching_pool import GroupResult
 
-    result = GroupResult((torch.cat(outputs),))
+    result = GroupResult((torch.cat([o.reshape(-1, 1, o.shape[-1]) for o in outputs]),))
     result.per_task = outputs
     return result

@@ -25,9 +25,9 @@ import torch
 
 @dataclass(frozen=True)
 class SessionStep:
-    """One session's share of a batched step: its rows of hidden states and, per block, its cache and position."""
+    """One session's share of a batched step: its rows of new tokens and, per block, its cache and position."""
 
-    hidden_states: torch.Tensor  # [rows, 1, hidden]
+    hidden_states: torch.Tensor  # [rows, new_tokens, hidden]: one new token per row (decode) or several (prefill)
     prefix_length: int
     caches: Sequence[tuple[torch.Tensor, torch.Tensor]]  # per block: (keys, values)
 
@@ -62,36 +62,61 @@ class _Bucket:
 
 class StepPlan:
     """What every block of one batched step shares, worked out once per step instead of once per block: the
-    rotary factors of each row's position, where each session's rows are, and the attention buckets."""
+    rotary factors of each token's position, where each session's tokens are, the attention buckets of the
+    sessions adding one token, and the causal masks of those adding several.
+
+    The step's hidden states are flat, one token per row, ``[tokens, 1, hidden]``: each session's rows of new
+    tokens in order (row after row), so the projections and the MLP treat every token alike."""
 
     def __init__(self, sessions: Sequence[SessionStep], rotary_emb, like: torch.Tensor):
         self.sessions = sessions
-        self.spans = []  # (first row, rows, position) per session
+        self.spans: list[_Span] = []
         start = 0
         for session in sessions:
-            n = session.hidden_states.shape[0]
-            self.spans.append((start, n, session.prefix_length))
-            start += n
+            rows, tokens = session.hidden_states.shape[:2]
+            self.spans.append(_Span(start, rows, tokens, session.prefix_length))
+            start += rows * tokens
         self.rows = start
-        positions = [p for _, n, p in self.spans for _ in range(n)]
+        positions = [s.position + t for s in self.spans for _ in range(s.rows) for t in range(s.tokens)]
         self.device = like.device
         cos, sin = rotary_emb(like[:0], seq_len=max(positions) + 1)  # [1, 1, seq, head_dim], the model's dtype
         index = torch.tensor(positions, device=self.device)
         self.cos, self.sin = cos[0, 0, index].unsqueeze(1), sin[0, 0, index].unsqueeze(1)  # [rows, 1, head_dim]
-        self.buckets = [self._bucket(sorted(b)) for b in length_buckets([p + 1 for _, _, p in self.spans])]
+        decode = [i for i, s in enumerate(self.spans) if s.tokens == 1]
+        self.buckets = [self._bucket(sorted(decode[j] for j in b))
+                        for b in length_buckets([self.spans[i].position + 1 for i in decode])] if decode else []
+        self.prefills = [(i, _causal_mask(s.tokens, s.position, self.device))
+                         for i, s in enumerate(self.spans) if s.tokens > 1]
 
     def _bucket(self, members: list[int]) -> _Bucket:
-        lengths = [self.spans[i][2] + 1 for i in members]
-        rows = [r for i in members for r in range(self.spans[i][0], sum(self.spans[i][:2]))]
+        lengths = [self.spans[i].position + 1 for i in members]
+        rows = [r for i in members for r in range(self.spans[i].start, self.spans[i].start + self.spans[i].rows)]
         index = None if len(rows) == self.rows else torch.tensor(rows, device=self.device)
         if len(members) == 1:
             return _Bucket(members, index, lengths[0], None)
         mask = torch.full((len(rows), 1, 1, max(lengths)), float("-inf"), device=self.device)
         r = 0
         for i, used in zip(members, lengths, strict=True):
-            mask[r:r + self.spans[i][1], :, :, :used] = 0.0
-            r += self.spans[i][1]
+            mask[r:r + self.spans[i].rows, :, :, :used] = 0.0
+            r += self.spans[i].rows
         return _Bucket(members, index, max(lengths), mask)
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Where one session's tokens are in the step's flat rows, and the position of its first new token."""
+
+    start: int
+    rows: int
+    tokens: int
+    position: int
+
+
+def _causal_mask(tokens: int, position: int, device) -> torch.Tensor:
+    """float32 ``[tokens, position + tokens]``: new token ``t`` sees the cache and new tokens up to its own."""
+    seen = torch.arange(position + tokens, device=device)
+    own = torch.arange(tokens, device=device).unsqueeze(1) + position
+    return torch.zeros(tokens, position + tokens, device=device).masked_fill_(seen > own, float("-inf"))
 
 
 def plan_step(layer, sessions: Sequence[SessionStep], hidden: torch.Tensor) -> StepPlan:
@@ -102,8 +127,8 @@ def plan_step(layer, sessions: Sequence[SessionStep], hidden: torch.Tensor) -> S
 
 @torch.inference_mode()
 def decode_block(layer, hidden: torch.Tensor, plan: StepPlan, block: int) -> torch.Tensor:
-    """Run ``layer`` (a Petals ``WrappedLlamaBlock``) on ``hidden`` ``[rows, 1, hidden]``, the plan's sessions'
-    rows in order, reading and extending each session's cache for block number ``block`` of its route."""
+    """Run ``layer`` (a Petals ``WrappedLlamaBlock``) on ``hidden`` ``[tokens, 1, hidden]``, the plan's sessions'
+    new tokens in order, reading and extending each session's cache for block number ``block`` of its route."""
     residual = hidden
     attn_in = layer.input_layernorm(hidden)
     attn_out = _attention(layer.self_attn, attn_in, plan, block)
@@ -121,17 +146,37 @@ def _attention(attn, x: torch.Tensor, plan: StepPlan, block: int) -> torch.Tenso
     # query head h reads kv head h // groups, as transformers' repeat_kv lays them out
     query = query.view(rows, kv_heads, heads // kv_heads, head_dim)
     caches = [session.caches[block] for session in plan.sessions]
-    for (start, n, p), (keys, values) in zip(plan.spans, caches, strict=True):  # this step's keys and values
-        keys.select(3, p).copy_(key[start:start + n])
-        values.select(2, p).copy_(value[start:start + n])
+    for s, (keys, values) in zip(plan.spans, caches, strict=True):  # this step's keys and values
+        end = s.start + s.rows * s.tokens
+        keys[..., s.position:s.position + s.tokens] = key[s.start:end].view(
+            s.rows, s.tokens, kv_heads, head_dim).permute(0, 2, 3, 1)
+        values[:, :, s.position:s.position + s.tokens] = value[s.start:end].view(
+            s.rows, s.tokens, kv_heads, head_dim).transpose(1, 2)
     scale = math.sqrt(head_dim)
-    if len(plan.buckets) == 1 and plan.buckets[0].rows is None:  # the usual case: one call, rows in order
+    if not plan.prefills and len(plan.buckets) == 1 and plan.buckets[0].rows is None:  # one call, rows in order
         return _attend_bucket(query, caches, plan, plan.buckets[0], scale).reshape(rows, 1, heads * head_dim)
     out = torch.empty(rows, 1, heads * head_dim, dtype=x.dtype, device=x.device)
-    for bucket in plan.buckets:  # several buckets: each has its own rows
+    for bucket in plan.buckets:  # several buckets, or prefills beside them: each bucket has its own rows
         result = _attend_bucket(query[bucket.rows], caches, plan, bucket, scale)
         out[bucket.rows, 0] = result.reshape(result.shape[0], heads * head_dim)
+    for i, mask in plan.prefills:
+        s = plan.spans[i]
+        end = s.start + s.rows * s.tokens
+        out[s.start:end, 0] = _attend_prefill(query[s.start:end], caches[i], s, mask, scale)
     return out
+
+
+def _attend_prefill(query, cache, span: _Span, mask: torch.Tensor, scale: float) -> torch.Tensor:
+    """Causal attention of a session's several new tokens over its cache, as Petals' block computes a prefill:
+    ``query`` ``[rows * tokens, kv_heads, groups, head_dim]`` -> ``[rows * tokens, heads * head_dim]``."""
+    keys, values = cache
+    length = span.position + span.tokens
+    _, kv_heads, groups, head_dim = query.shape
+    q = query.view(span.rows, span.tokens, kv_heads, groups, head_dim).permute(0, 2, 3, 1, 4)
+    weights = torch.matmul(q, keys[..., :length].unsqueeze(2)) / scale  # [rows, kv_heads, groups, tokens, length]
+    weights = torch.nn.functional.softmax(weights.float() + mask, dim=-1)
+    out = torch.matmul(weights.to(query.dtype), values[:, :, :length].unsqueeze(2))
+    return out.permute(0, 3, 1, 2, 4).reshape(span.rows * span.tokens, kv_heads * groups * head_dim)
 
 
 def _attend_bucket(query, caches, plan: StepPlan, bucket: _Bucket, scale: float) -> torch.Tensor:
@@ -143,7 +188,7 @@ def _attend_bucket(query, caches, plan: StepPlan, bucket: _Bucket, scale: float)
         return _attend(query, keys[..., :length], values[:, :, :length], None, scale)
     members = [caches[i] for i in bucket.sessions]
     if any(k.shape[-1] < length for k, _ in members):  # a session's cache is shorter than the bucket: pad
-        keys, values = _padded([(k[..., :plan.spans[i][2] + 1], v[:, :, :plan.spans[i][2] + 1])
+        keys, values = _padded([(k[..., :plan.spans[i].position + 1], v[:, :, :plan.spans[i].position + 1])
                                 for i, (k, v) in zip(bucket.sessions, members, strict=True)], length)
     else:  # past a session's position its cache holds finite values the mask zeroes
         keys = torch.cat([k[..., :length] for k, _ in members])

@@ -33,14 +33,15 @@ class GroupResult(tuple):
     per_task: list
 
 
-def decode_key(args: tuple):
+def step_key(args: tuple):
     """What a step must share with others to run in one forward (None: it cannot be batched).
 
-    A decode step: hidden states ``[rows, 1, hidden]``, no beam reordering (dummy ``hypo_ids``), no deep prompts.
-    Steps batch together when they go through the same blocks with the same adapter and dtype.
+    Hidden states ``[rows, new_tokens, hidden]`` (a decode step adds one token per row, a prefill several), no
+    beam reordering (dummy ``hypo_ids``), no deep prompts. Steps batch together when they go through the same
+    blocks with the same adapter and dtype.
     """
     hidden_states, hypo_ids, infos, *prompts = args
-    if hidden_states.ndim != 3 or hidden_states.shape[1] != 1 or not is_dummy(hypo_ids):
+    if hidden_states.ndim != 3 or not is_dummy(hypo_ids):
         return None
     if any(p is not None for p in prompts):
         return None
@@ -50,25 +51,40 @@ def decode_key(args: tuple):
     return tuple(info.uid for info in infos), adapters.pop(), hidden_states.dtype, hidden_states.shape[2]
 
 
-class BatchingTaskPool(PrioritizedTaskPool):
-    """Petals' prioritized pool, except that queued decode steps for the same blocks are handed out together."""
+def decode_key(args: tuple):
+    """:func:`step_key` of a decode step (one new token per row); None for anything else, prefills included."""
+    return step_key(args) if args[0].ndim == 3 and args[0].shape[1] == 1 else None
 
-    def __init__(self, process_func, *, max_sessions: int, max_wait: float = 0.0, **kwargs):
+
+def step_tokens(args: tuple) -> int:
+    """How many new tokens a step carries (rows x new tokens per row)."""
+    return args[0].shape[0] * args[0].shape[1]
+
+
+class BatchingTaskPool(PrioritizedTaskPool):
+    """Petals' prioritized pool, except that queued steps for the same blocks are handed out together: decode
+    steps, and prefills that arrive together (up to ``max_tokens`` new tokens per group)."""
+
+    def __init__(self, process_func, *, max_sessions: int, max_wait: float = 0.0, max_tokens: int = 512,
+                 **kwargs):
         super().__init__(process_func, **kwargs)
         self.max_sessions = max(1, max_sessions)
+        self.max_tokens = max(1, max_tokens)
         self.window = GatherWindow(max_wait)
 
     def load_batch_to_runtime(self, timeout=None, device=None):
         device = device if device is not None else self.device
         first = self._ordered_tasks.get(block=True, timeout=timeout)
         tasks = [first]
-        key = decode_key(first.args) if self.max_sessions > 1 else None
+        key = step_key(first.args) if self.max_sessions > 1 else None
         if key is not None:
-            tasks += drain(self._ordered_tasks, lambda t: decode_key(t.args) == key, self.max_sessions - 1)
-            self.window.forward_time = getattr(self.process_func, "forward_time", 0.0)
-            tasks += self.window.gather(self._ordered_tasks, lambda t: decode_key(t.args) == key,
-                                        min(self.max_sessions, self.window.expected) - len(tasks))
-            self.window.saw(len(tasks))
+            accept = _Budget(key, self.max_tokens - step_tokens(first.args))
+            tasks += drain(self._ordered_tasks, accept, self.max_sessions - 1)
+            if decode_key(first.args) is not None:  # a prefill never waits: it is nobody's next step
+                self.window.forward_time = getattr(self.process_func, "forward_time", 0.0)
+                tasks += self.window.gather(self._ordered_tasks, accept,
+                                            min(self.max_sessions, self.window.expected) - len(tasks))
+                self.window.saw(len(tasks))
         for _ in tasks:
             self.batch_receiver.recv()  # one token was sent per submitted task
         if not self._ordered_tasks.empty():
@@ -100,6 +116,20 @@ class BatchingTaskPool(PrioritizedTaskPool):
             return
         for task in entry if isinstance(entry, list) else [entry]:
             task.future.set_exception(exception)
+
+
+class _Budget:
+    """Accepts steps for the same blocks (``key``) while their new tokens fit in what is left of the group's."""
+
+    def __init__(self, key, tokens_left: int):
+        self.key, self.tokens_left = key, tokens_left
+
+    def __call__(self, task: Task) -> bool:
+        tokens = step_tokens(task.args)
+        if tokens > self.tokens_left or step_key(task.args) != self.key:
+            return False
+        self.tokens_left -= tokens
+        return True
 
 
 class GatherWindow:
@@ -168,13 +198,14 @@ class BatchedStep:
         try:
             outputs = self.forward(group.args)
             self.forward_time = time.monotonic() - started
-            per_task = list(outputs.split([a[0].shape[0] for a in group.args]))
-            per_task = [o.clone() for o in per_task]  # each future gets its own storage, not the whole batch's
-            self.stats.record(len(group.tasks))
+            parts = outputs.split([step_tokens(a) for a in group.args])
+            # each future gets its own storage, not the whole batch's, in the task's own shape
+            per_task = [o.reshape(a[0].shape).clone() for o, a in zip(parts, group.args, strict=True)]
+            self.stats.record(len(group.tasks), prefills=sum(a[0].shape[1] > 1 for a in group.args))
         except Exception as e:  # e.g. a session closed while its step was queued: retry each step alone
             logger.info("Batched step of %d sessions failed (%s); running them one by one", len(group.tasks), e)
             outputs, per_task = None, [self._run_alone(args) for args in group.args]
-        rows = outputs if outputs is not None else torch.zeros(sum(a[0].shape[0] for a in group.args))
+        rows = outputs if outputs is not None else torch.zeros(sum(step_tokens(a) for a in group.args))
         result = GroupResult((rows,))
         result.per_task = per_task
         return result
@@ -188,7 +219,8 @@ class BatchedStep:
 
     @torch.inference_mode()
     def forward(self, group_args) -> torch.Tensor:
-        hidden = torch.cat([a[0] for a in group_args])
+        """All the steps' new tokens through the blocks, one per row: ``[tokens, 1, hidden]``."""
+        hidden = torch.cat([a[0].reshape(-1, 1, a[0].shape[-1]) for a in group_args])
         infos_per_task = [a[2] for a in group_args]
         uids = [info.uid for info in infos_per_task[0]]
         first_backend = self.backends[uids[0]]

@@ -11,8 +11,10 @@ Two flags of its own come before Petals' flags are parsed (see
 many sessions' decode steps run as one forward, and ``--no_batching`` gives
 stock Petals behaviour, and ``--max_batch_wait_ms`` (default 20) bounds how long
 the pool waits for the rest of a group it has seen before (never for a lone
-session). ``--no_rewind`` leaves out :mod:`backend.swarm.session_rewind` (steps
-that start at an earlier position of their session, for the prompt cache).
+session), and ``--max_batch_tokens`` (default 512) caps the new tokens of one
+group (prefills that arrive together share a forward). ``--no_rewind`` leaves
+out :mod:`backend.swarm.session_rewind` (steps that start at an earlier position
+of their session, for the prompt cache).
 """
 
 from __future__ import annotations
@@ -36,16 +38,17 @@ def _die_with_parent() -> None:
 
 def parse_own_flags(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """Split this wrapper's flags from the Petals server's."""
-    from .batching import DEFAULT_MAX_SESSIONS, DEFAULT_MAX_WAIT_MS
+    from .batching import DEFAULT_MAX_SESSIONS, DEFAULT_MAX_TOKENS, DEFAULT_MAX_WAIT_MS
 
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--no_batching", action="store_true")
     parser.add_argument("--no_rewind", action="store_true")
     parser.add_argument("--max_batch_sessions", type=int, default=DEFAULT_MAX_SESSIONS)
     parser.add_argument("--max_batch_wait_ms", type=float, default=DEFAULT_MAX_WAIT_MS)
+    parser.add_argument("--max_batch_tokens", type=int, default=DEFAULT_MAX_TOKENS)
     own, rest = parser.parse_known_args(argv)
-    if own.max_batch_sessions < 1:
-        parser.error("--max_batch_sessions must be at least 1")
+    if own.max_batch_sessions < 1 or own.max_batch_tokens < 1:
+        parser.error("--max_batch_sessions and --max_batch_tokens must be at least 1")
     return own, rest
 
 
@@ -59,7 +62,7 @@ def main(argv: list[str]) -> None:
         from . import batching
 
         try:
-            batching.install(own.max_batch_sessions, own.max_batch_wait_ms)
+            batching.install(own.max_batch_sessions, own.max_batch_wait_ms, own.max_batch_tokens)
             argv = batching.server_args(argv)
             print(f"Batched decoding on: up to {own.max_batch_sessions} sessions per forward", flush=True)
         except batching.UnsupportedPetals as e:
