@@ -258,3 +258,24 @@ def result_of(outputs):
     result = GroupResult((torch.cat([o.reshape(-1, 1, o.shape[-1]) for o in outputs]),))
     result.per_task = outputs
     return result
+
+
+def test_few_bfloat16_rows_run_on_pytorch_kernels_and_match_petals_path():
+    """A lone stream's bfloat16 step runs on PyTorch's own kernels (oneDNN stays on for more rows and for
+    float32, and is back on afterwards), and still gives what Petals' path gives."""
+    from backend.cpu_kernels import matmul_kernels
+
+    seen = []
+    for rows, dtype in ((1, torch.bfloat16), (2, torch.bfloat16), (3, torch.bfloat16), (1, torch.float32)):
+        with matmul_kernels(rows, dtype):
+            seen.append(torch.backends.mkldnn.enabled)
+    assert seen == [False, False, True, True] and torch.backends.mkldnn.enabled
+
+    block = make_block(torch.bfloat16)
+    hidden = torch.randn(1, 1, HIDDEN).to(torch.bfloat16)
+    cache = make_cache(1, 9, torch.bfloat16)
+    expected = stock_step(block, hidden, tuple(t.clone() for t in cache), 9)
+    plan = batched_llama.plan_step(block, [batched_llama.SessionStep(hidden, 9, [cache])], hidden)
+    with matmul_kernels(1, torch.bfloat16):
+        got = batched_llama.decode_block(block, hidden, plan, 0)
+    torch.testing.assert_close(got, expected, atol=2e-2, rtol=2e-2)

@@ -13,6 +13,7 @@ import torch
 from petals.server.task_pool import PrioritizedTaskPool, Task, _move_to_device_if_tensor
 from petals.utils.misc import is_dummy
 
+from ..cpu_kernels import matmul_kernels
 from . import batched_llama
 from .batching import BatchStats, drain
 
@@ -236,8 +237,9 @@ class BatchedStep:
                 raise ValueError("blocks of one step disagree on the prefix length")
             layers = [batched_llama.block_of(self.backends[uid]) for uid in uids]
             plan = batched_llama.plan_step(layers[0], sessions, hidden)
-            for block, layer in enumerate(layers):
-                hidden = batched_llama.decode_block(layer, hidden, plan, block)
+            with matmul_kernels(hidden.shape[0], hidden.dtype):
+                for block, layer in enumerate(layers):
+                    hidden = batched_llama.decode_block(layer, hidden, plan, block)
         return hidden
 
 
