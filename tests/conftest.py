@@ -190,6 +190,18 @@ def poll_until(check, timeout: float, what: str, interval: float = 0.2):
         time.sleep(interval)
 
 
+async def apoll_until(check, what: str, timeout: float = 10) -> None:
+    """:func:`poll_until` for a test running on the event loop (of an app under test): polls without blocking it."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 def free_port() -> int:
     from backend.swarm.launcher import free_port as _free
 

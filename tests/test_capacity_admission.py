@@ -72,16 +72,6 @@ async def _receive(connection, timeout: float = 10) -> dict:
     return json.loads(await asyncio.wait_for(connection.receive(), timeout))
 
 
-async def _until(check, what: str, timeout: float = 10) -> None:
-    """Poll ``check()`` on the loop (the app runs on it) until true; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 class Socket:
     def __init__(self, client, address):
         self._ws = client.websocket("/api/v2/generate", scope_base={"client": address})

@@ -10,6 +10,7 @@ import asyncio
 import json
 
 import pytest
+from conftest import apoll_until
 from fake_engine import FakeEngine, in_process_app, run_in_app
 
 from backend.engine.types import Chunk
@@ -149,16 +150,6 @@ async def _until_stop(connection, frames: list[dict]) -> list[dict]:
     return frames
 
 
-async def _until(check, what: str, timeout: float = 10) -> None:
-    """Poll ``check()`` on the loop (the app runs on it) until true; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 def _limiter(app):
     return app.extensions["petals_chat"].service.limiter
 
@@ -183,7 +174,7 @@ def test_a_session_waits_for_a_slot_and_only_a_client_that_asked_sees_its_place(
         queued = await _receive(victim)  # at once: the only slot is taken
         ws_c, old = await _socket(client, C)
         await old.send(json.dumps(OPEN))  # an old client: waits too, and sees nothing until its answer
-        await _until(lambda: len(_limiter(app).session_queue) == 2, "both to wait")
+        await apoll_until(lambda: len(_limiter(app).session_queue) == 2, "both to wait")
         await ws_a.__aexit__(None, None, None)  # the attacker leaves: the victim is next
         opened = await _receive(victim)
         await victim.send(json.dumps(GENERATE))
@@ -246,7 +237,7 @@ def _cache_scenario(app, victim_options: dict):
         await victim.send(json.dumps({**OPEN, **victim_options}))
         opened = await _receive(victim)
         await victim.send(json.dumps(GENERATE))
-        await _until(lambda: len(_limiter(app).cache_queue) == 1, "the victim to wait for the cache")
+        await apoll_until(lambda: len(_limiter(app).cache_queue) == 1, "the victim to wait for the cache")
         await ws_a.__aexit__(None, None, None)  # the attacker's session closes: its cache is freed
         answer = await _until_stop(victim, [await _receive(victim)])
         await ws_b.__aexit__(None, None, None)
@@ -320,6 +311,6 @@ def test_an_idle_session_yields_its_slot_to_a_waiting_client(registry):
     answered, told, admitted, answer = run_in_app(app, scenario)
     assert answered[-1]["stop"] is True
     assert told["ok"] is False and told["code"] == "idle_timeout", told
-    assert "idle while other users waited for a session slot" in told["traceback"]
+    assert "idle while other users waited for capacity" in told["traceback"]
     assert admitted == {"ok": True} and answer[-1]["stop"] is True
     assert engine.open_sessions == 0

@@ -192,8 +192,8 @@ class _Connection:
             if limiter is not None:
                 limiter.not_idle(self)
         if raw is _YIELD:
-            raise _Drop("Session closed: it was idle while other users waited for a session slot (the server is "
-                        "full); open a new one when you need it", reason="idle_timeout")
+            raise _Drop("Session closed: it was idle while other users waited for capacity (a session slot or "
+                        "attention cache; the server is full); open a new one when you need it", reason="idle_timeout")
         if self.flood is not None:
             raise self.flood
         if raw is SHUTDOWN or (self.shutdown is not None and self.shutdown.started.is_set()):

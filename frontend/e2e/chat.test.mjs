@@ -1,31 +1,25 @@
 // The chat page against a live backend: streaming, stop, reload, model switch, theme screenshots.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import {
   assertClean,
   assertStreamed,
   lastAnswer,
-  launchBrowser,
   openApp,
   recordSentFrames,
   screenshot,
   sendMessage,
   setMaxNewTokens,
+  sharedBrowser,
   TEST_TIMEOUT_MS,
   watchAnswer,
 } from './helpers.mjs';
 
 describe('chat page', { timeout: TEST_TIMEOUT_MS * 6 }, () => {
-  let browser;
-  before(async () => {
-    browser = await launchBrowser();
-  });
-  after(async () => {
-    await browser?.close();
-  });
+  const browser = sharedBrowser();
 
   test('an answer streams in token by token; light and dark screenshots', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const { context, page, problems } = await openApp(browser);
+    const { context, page, problems } = await openApp(browser());
     try {
       const frames = recordSentFrames(page);
       await setMaxNewTokens(page, 24);
@@ -61,7 +55,7 @@ describe('chat page', { timeout: TEST_TIMEOUT_MS * 6 }, () => {
   });
 
   test('stop mid-answer, then the next message is answered', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const { context, page, problems } = await openApp(browser);
+    const { context, page, problems } = await openApp(browser());
     try {
       await setMaxNewTokens(page, 400);
       await sendMessage(page, 'Write a very long essay.');
@@ -84,7 +78,7 @@ describe('chat page', { timeout: TEST_TIMEOUT_MS * 6 }, () => {
   });
 
   test('the conversation survives a reload', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const { context, page, problems } = await openApp(browser);
+    const { context, page, problems } = await openApp(browser());
     try {
       await setMaxNewTokens(page, 12);
       await sendMessage(page, 'Remember this message');
@@ -109,7 +103,7 @@ describe('chat page', { timeout: TEST_TIMEOUT_MS * 6 }, () => {
   });
 
   test('regenerate the last answer; edit an earlier message and resend from there', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const { context, page, problems } = await openApp(browser);
+    const { context, page, problems } = await openApp(browser());
     try {
       const frames = recordSentFrames(page);
       await setMaxNewTokens(page, 8);
@@ -156,7 +150,7 @@ describe('chat page', { timeout: TEST_TIMEOUT_MS * 6 }, () => {
   });
 
   test('switching model starts a new dialogue with that model', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const { context, page, problems } = await openApp(browser);
+    const { context, page, problems } = await openApp(browser());
     try {
       const frames = recordSentFrames(page);
       await setMaxNewTokens(page, 12);

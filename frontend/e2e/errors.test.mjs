@@ -1,13 +1,13 @@
 // Failure handling and injection safety, with frames injected through page.routeWebSocket.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import {
   assertClean,
-  launchBrowser,
   openApp,
   screenshot,
   sendMessage,
   setMaxNewTokens,
+  sharedBrowser,
   TEST_TIMEOUT_MS,
   watchAnswer,
 } from './helpers.mjs';
@@ -16,16 +16,10 @@ const SOCKET = /\/api\/v2\/generate/;
 const PAYLOAD = '<img src=x onerror="window.__xss=1;alert(1)"><script>window.__xss=2;alert(2)</script>';
 
 describe('errors and injection', { timeout: TEST_TIMEOUT_MS * 4 }, () => {
-  let browser;
-  before(async () => {
-    browser = await launchBrowser();
-  });
-  after(async () => {
-    await browser?.close();
-  });
+  const browser = sharedBrowser();
 
   test('a server error shows the error box and Retry answers', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const { context, page, problems } = await openApp(browser, {
+    const { context, page, problems } = await openApp(browser(), {
       beforeGoto: (page) => {
         let injected = false; // once, across connections
         return page.routeWebSocket(SOCKET, (ws) => {
@@ -64,7 +58,7 @@ describe('errors and injection', { timeout: TEST_TIMEOUT_MS * 4 }, () => {
   });
 
   test('out of capacity is explained', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const { context, page, problems } = await openApp(browser, {
+    const { context, page, problems } = await openApp(browser(), {
       beforeGoto: (page) =>
         page.routeWebSocket(SOCKET, (ws) => {
           ws.onMessage((message) => {
@@ -91,7 +85,7 @@ describe('errors and injection', { timeout: TEST_TIMEOUT_MS * 4 }, () => {
   });
 
   test('user text and model output with HTML render inert', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const { context, page, problems } = await openApp(browser, {
+    const { context, page, problems } = await openApp(browser(), {
       beforeGoto: (page) =>
         page.routeWebSocket(SOCKET, (ws) => {
           ws.onMessage((message) => {

@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import { after, before } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
@@ -155,4 +156,16 @@ export function recordSentFrames(page) {
 /** Records the JSON frames the page receives over the chat socket. */
 export function recordReceivedFrames(page) {
   return recordFrames(page, 'framereceived');
+}
+
+/** A browser for the tests of one suite: launched before them, closed after them. Returns its getter. */
+export function sharedBrowser() {
+  let browser;
+  before(async () => {
+    browser = await launchBrowser();
+  });
+  after(async () => {
+    await browser?.close();
+  });
+  return () => browser;
 }

@@ -2,32 +2,26 @@
 // (PETALS_CHAT_MAX_CONCURRENT_GENERATIONS=1: tests/test_browser.py starts it for this file). Not a *.test.mjs
 // file, so the shared live server (64 generations at once, nothing ever queues) never runs it.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import {
   assertClean,
-  launchBrowser,
   openApp,
   recordReceivedFrames,
   screenshot,
   sendMessage,
   setMaxNewTokens,
+  sharedBrowser,
   TEST_TIMEOUT_MS,
   watchAnswer,
 } from './helpers.mjs';
 
 describe('waiting in line', { timeout: TEST_TIMEOUT_MS * 2 }, () => {
-  let browser;
-  before(async () => {
-    browser = await launchBrowser();
-  });
-  after(async () => {
-    await browser?.close();
-  });
+  const browser = sharedBrowser();
 
   test('a message waiting for the only generation slot shows its place, then its answer', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const holder = await openApp(browser);
+    const holder = await openApp(browser());
     let received = [];
-    const waiter = await openApp(browser, {
+    const waiter = await openApp(browser(), {
       beforeGoto: (page) => {
         received = recordReceivedFrames(page);
       },

@@ -1,8 +1,16 @@
 // An answer survives a dropped connection and a reload: the server keeps generating for its
 // reattach window and the page reattaches (issue 12).
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
-import { lastAnswer, launchBrowser, openApp, sendMessage, setMaxNewTokens, TEST_TIMEOUT_MS, watchAnswer } from './helpers.mjs';
+import { describe, test } from 'node:test';
+import {
+  lastAnswer,
+  openApp,
+  sendMessage,
+  setMaxNewTokens,
+  sharedBrowser,
+  TEST_TIMEOUT_MS,
+  watchAnswer,
+} from './helpers.mjs';
 
 const PROMPT = 'Write a long story about a lighthouse keeper.';
 const TOKENS = 48;
@@ -20,16 +28,10 @@ async function answerText(page) {
 }
 
 describe('resumable answers', { timeout: TEST_TIMEOUT_MS * 2 }, () => {
-  let browser;
-  before(async () => {
-    browser = await launchBrowser();
-  });
-  after(async () => {
-    await browser?.close();
-  });
+  const browser = sharedBrowser();
 
   test('mid-answer: 5 s offline and a reload; the answer completes as without them', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const { context, page } = await openApp(browser);
+    const { context, page } = await openApp(browser());
     try {
       await setMaxNewTokens(page, TOKENS);
       await greedy(page);

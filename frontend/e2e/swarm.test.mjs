@@ -2,18 +2,18 @@
 // the route in the answer's facts, the context gauge (the server's count), a full chat that drops its
 // oldest turns and goes on, and the "connect your GPU" prompts.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import {
   assertClean,
   BASE_URL,
   lastAnswer,
-  launchBrowser,
   openApp,
   recordReceivedFrames,
   recordSentFrames,
   screenshot,
   sendMessage,
   setMaxNewTokens,
+  sharedBrowser,
   TEST_TIMEOUT_MS,
   watchAnswer,
 } from './helpers.mjs';
@@ -27,16 +27,10 @@ async function swarmOfServer() {
 }
 
 describe('the swarm, visible', { timeout: TEST_TIMEOUT_MS * 4 }, () => {
-  let browser;
-  before(async () => {
-    browser = await launchBrowser();
-  });
-  after(async () => {
-    await browser?.close();
-  });
+  const browser = sharedBrowser();
 
   test('the panel lists the servers and marks the route; the route and the context size are facts of the answer', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const { context, page, problems } = await openApp(browser);
+    const { context, page, problems } = await openApp(browser());
     try {
       const received = recordReceivedFrames(page);
       await setMaxNewTokens(page, 8);
@@ -87,7 +81,7 @@ describe('the swarm, visible', { timeout: TEST_TIMEOUT_MS * 4 }, () => {
   });
 
   test('a full chat drops its oldest turns and goes on', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const { context, page, problems } = await openApp(browser);
+    const { context, page, problems } = await openApp(browser());
     try {
       await setMaxNewTokens(page, 4);
       // the test model's context is 2,048 tokens; each of these words is one token
@@ -122,7 +116,7 @@ describe('the swarm, visible', { timeout: TEST_TIMEOUT_MS * 4 }, () => {
   });
 
   test('out of capacity: the error and the panel offer to connect a GPU', { timeout: TEST_TIMEOUT_MS }, async () => {
-    const { context, page, problems } = await openApp(browser, {
+    const { context, page, problems } = await openApp(browser(), {
       beforeGoto: async (page) => {
         await page.routeWebSocket(SOCKET, (ws) => {
           ws.onMessage((message) => {
