@@ -1,9 +1,12 @@
-"""``python -m bench.profile_stream``: where one stream's time per token goes (py-spy + CPU accounting).
+"""``python -m bench.profile_stream``: where one stream's time per token goes (py-spy + CPU accounting), and
+which process limits 16 sessions.
 
 Starts a one-server swarm of the embedded model (batching on, as the app runs it), drives one greedy stream
 with the raw Petals client in this process, and records: CPU seconds per token of each process (the server
 and its handler processes, each p2pd, this client), and py-spy samples of the server and of this process,
-grouped into named stages. Writes ``docs/profile.md`` (and prints it). Needs ``py-spy`` (``pip install py-spy``).
+grouped into named stages. Then it starts the backend on the same swarm and runs 16 WebSocket chat sessions at
+once, recording each process's share of one core: is the backend's per-session work (embeddings, LM head,
+sampling, RPC) the limit, or the server? Writes ``docs/profile.md`` (and prints it). Needs ``py-spy``.
 """
 
 from __future__ import annotations
@@ -51,27 +54,7 @@ def stage_of(frames: list[str]) -> str | None:
 
 def cpu_by_process(server_pid: int) -> dict[str, float]:
     """CPU seconds so far of the server's processes and of this client's, by role (py-spy excluded)."""
-    out: dict[str, float] = collections.Counter()
-    me = psutil.Process()
-    for side, root in (("server", psutil.Process(server_pid)), ("client", me)):
-        for p in [root, *root.children(recursive=True)]:
-            try:
-                name = p.name()
-                if name == "py-spy" or (side == "client" and _is_under(p, server_pid)):
-                    continue
-                role = "main process" if p.pid == root.pid else ("p2pd" if name == "p2pd" else "helper processes")
-                t = p.cpu_times()
-                out[f"{side}: {role}"] += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-    return out
-
-
-def _is_under(proc: psutil.Process, pid: int) -> bool:
-    try:
-        return any(parent.pid == pid for parent in proc.parents()) or proc.pid == pid
-    except psutil.NoSuchProcess:
-        return True
+    return cpu_of({"server": server_pid, "client": os.getpid()})
 
 
 def main(client_dtype: str = "bfloat16") -> int:
@@ -105,13 +88,77 @@ def main(client_dtype: str = "bfloat16") -> int:
         for p in procs:
             p.send_signal(2)
             p.wait(timeout=30)
+        sessions = many_sessions(swarm, peers, tmp)
     finally:
         swarm.stop(grace=3)
     ms_per_token = 1000 * (stream.end - stream.arrivals[0][0]) / max(1, stream.tokens - 1)
     report = render(outs, {k: (after[k] - before.get(k, 0.0)) * 1000 / tokens for k in after}, ms_per_token)
+    report += render_sessions(*sessions)
     (REPO / "docs" / "profile.md").write_text(report)
     print(report)
     return 0
+
+
+def many_sessions(swarm, peers: list[str], tmp: Path, n: int = 16, tokens: int = 64) -> tuple[dict, dict, int]:
+    """CPU seconds of each process while ``n`` WebSocket chat sessions answer at once through the backend."""
+    import asyncio
+
+    from . import clients
+    from .stack import MODEL_KEY, start_backend, write_registry
+    from .stats import concurrent_summary
+
+    registry = write_registry(tmp, EMBEDDED_DIR, swarm.dht_prefix, 8192)
+    backend = start_backend(tmp, peers=peers, registry=registry, client_dtype="auto", threads=None)
+    try:
+        n_prompt = len(clients_tokens(PROMPT))
+        asyncio.run(clients.ws_concurrent(backend.ws_url, MODEL_KEY, PROMPT, n_prompt, 8, n))  # warm-up
+        roots = {"server": swarm.servers[0].process.pid, "backend": backend.pid}
+        before, started = cpu_of(roots), time.monotonic()
+        streams = asyncio.run(clients.ws_concurrent(backend.ws_url, MODEL_KEY, PROMPT, n_prompt, tokens, n))
+        wall = time.monotonic() - started
+        after = cpu_of(roots)
+    finally:
+        backend.stop()
+    share = {k: (after[k] - before.get(k, 0.0)) / wall for k in after}
+    return share, concurrent_summary(streams), n
+
+
+def clients_tokens(text: str) -> list[int]:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(EMBEDDED_DIR)(text, add_special_tokens=False)["input_ids"]
+
+
+def cpu_of(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each root process and of its children, by role; a process counts for its nearest
+    root (the server this client started counts for "server"), py-spy for none."""
+    sides = {pid: side for side, pid in roots.items()}
+    out: dict[str, float] = collections.Counter()
+    seen: set[int] = set()
+    for pid in roots.values():
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                if p.pid in seen or p.name() == "py-spy":
+                    continue
+                seen.add(p.pid)
+                owner = next(a.pid for a in [p, *p.parents()] if a.pid in sides)
+                name = p.name()
+                role = "main process" if p.pid == owner else ("p2pd" if name == "p2pd" else "helper processes")
+                t = p.cpu_times()
+                out[f"{sides[owner]}: {role}"] += t.user + t.system
+            except (psutil.NoSuchProcess, StopIteration):
+                pass
+    return out
+
+
+def render_sessions(share: dict[str, float], summary: dict, n: int) -> str:
+    lines = ["", f"{n} WebSocket chat sessions at once through the backend ({summary['tokens']} tokens, "
+             f"{summary['aggregate_tokens_per_s']:.1f} tokens/s, inter-token latency p50 "
+             f"{summary['itl_p50_ms']:.0f} ms): each process's CPU, as a share of one core (psutil; the machine "
+             f"has {psutil.cpu_count()}):", "", "| process | share of one core |", "|---|---|"]
+    lines += [f"| {name} | {100 * v:.0f}% |" for name, v in sorted(share.items(), key=lambda x: -x[1]) if v >= 0.005]
+    return "\n".join(lines) + "\n"
 
 
 def shutil_which(name: str) -> str:
