@@ -190,6 +190,21 @@ def poll_until(check, timeout: float, what: str, interval: float = 0.2):
         time.sleep(interval)
 
 
+async def ws_generate_once(ws_url: str, model: str, prompt: str, *, max_length: int, max_new_tokens: int,
+                           timeout: float = 60) -> dict:
+    """Open a session on ``/api/v2/generate``, send one generate request, return its first reply frame."""
+    import asyncio
+    import json
+
+    import websockets
+
+    async with websockets.connect(ws_url + "/api/v2/generate", open_timeout=10) as ws:
+        await ws.send(json.dumps({"type": "open_inference_session", "model": model, "max_length": max_length}))
+        assert json.loads(await ws.recv()) == {"ok": True}
+        await ws.send(json.dumps({"type": "generate", "inputs": prompt, "max_new_tokens": max_new_tokens}))
+        return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
 async def apoll_until(check, what: str, timeout: float = 10) -> None:
     """:func:`poll_until` for a test running on the event loop (of an app under test): polls without blocking it."""
     import asyncio

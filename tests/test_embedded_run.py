@@ -17,7 +17,7 @@ import urllib.request
 import psutil
 import pytest
 import websockets
-from conftest import REPO, free_port, start_backend, stop_backend, wait_healthy
+from conftest import REPO, free_port, start_backend, stop_backend, wait_healthy, ws_generate_once
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -95,14 +95,8 @@ def test_two_servers_each_serving_half_of_the_blocks(tmp_path, tiny_model, test_
             assert ready["models"]["tiny"]["servers"] == 2 and ready["models"]["tiny"]["swarm_ok"]
             prompt = "<|im_start|>user\nsplit<|im_end|>\n"
 
-            async def generate() -> dict:
-                async with websockets.connect(server.ws_url + "/api/v2/generate", open_timeout=10) as ws:
-                    await ws.send(json.dumps({"type": "open_inference_session", "model": "tiny", "max_length": 64}))
-                    assert json.loads(await ws.recv()) == {"ok": True}
-                    await ws.send(json.dumps({"type": "generate", "inputs": prompt, "max_new_tokens": 12}))
-                    return json.loads(await asyncio.wait_for(ws.recv(), 120))
-
-            reply = asyncio.run(generate())
+            reply = asyncio.run(ws_generate_once(server.ws_url, "tiny", prompt, max_length=64, max_new_tokens=12,
+                                                 timeout=120))
             expected = reference.greedy_ids(reference.encode(prompt), 12)
             route = reply.pop("route")  # the last frame's optional facts: the servers that held the blocks
             assert [(hop["start"], hop["end"]) for hop in route] == [(0, 2), (2, 4)] and reply.pop("context_tokens")

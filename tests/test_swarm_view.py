@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import websockets
+from conftest import ws_generate_once
 from fake_engine import FAKE_PEERS, FakeEngine, in_process_app, run_in_app
 
 from backend.engine import swarm_map
@@ -119,13 +120,6 @@ def test_the_real_swarm_is_listed_and_the_answer_carries_its_route_and_context_s
 
     prompt = "<|im_start|>user\nWhere are we?<|im_end|>\n<|im_start|>assistant\n"
 
-    async def answer() -> dict:
-        async with websockets.connect(live_server.ws_url + "/api/v2/generate", open_timeout=10) as ws:
-            await ws.send(json.dumps({"type": "open_inference_session", "model": "tiny", "max_length": 128}))
-            assert json.loads(await ws.recv()) == {"ok": True}
-            await ws.send(json.dumps({"type": "generate", "inputs": prompt, "max_new_tokens": 6}))
-            return json.loads(await asyncio.wait_for(ws.recv(), 60))
-
     async def first_round() -> tuple[list[dict], dict]:
         """With a stop sequence (rounds until it, which the tiny model never says): the first two frames."""
         async with websockets.connect(live_server.ws_url + "/api/v2/generate", open_timeout=10) as ws:
@@ -141,7 +135,7 @@ def test_the_real_swarm_is_listed_and_the_answer_carries_its_route_and_context_s
     assert first["context_tokens"] == len(reference.encode(prompt)) + 1 and first["stop"] is False
     assert "route" not in second and "context_tokens" not in second
 
-    last = asyncio.run(answer())
+    last = asyncio.run(ws_generate_once(live_server.ws_url, "tiny", prompt, max_length=128, max_new_tokens=6))
     assert last["ok"] and last["stop"], last
     assert last["route"] == [{"peer_id": server["peer_id"], "start": 0, "end": blocks}]
     assert last["context_tokens"] == len(reference.encode(prompt)) + last["token_count"] == len(

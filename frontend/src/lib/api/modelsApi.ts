@@ -3,7 +3,7 @@ import type { ChatSettings, ModelInfo, ModelsResponse } from '../types/protocol'
 export const MODELS_PATH = '/api/v1/models';
 
 /** The original chat page's defaults, used where the registry leaves a field out. */
-const DEFAULT_CHAT: ChatSettings = {
+export const DEFAULT_CHAT: ChatSettings = {
   max_session_length: 8192,
   sep_token: '###',
   stop_token: '###',

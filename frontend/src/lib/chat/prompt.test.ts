@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { DEFAULT_CHAT } from '../api/modelsApi';
 import type { ChatSettings } from '../types/protocol';
 import { createPromptRenderer, renderLegacyPrompt, type PromptMessage } from './prompt';
 
@@ -6,17 +7,7 @@ const CHATML =
   "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
 function settings(extra: Partial<ChatSettings> = {}): ChatSettings {
-  return {
-    max_session_length: 8192,
-    sep_token: '###',
-    stop_token: '###',
-    extra_stop_sequences: ['</s>'],
-    generation_params: { do_sample: 1, temperature: 0.6, top_p: 0.9 },
-    use_chat_template: false,
-    chat_template: null,
-    system_prompt: 'A chat.',
-    ...extra,
-  };
+  return { ...DEFAULT_CHAT, system_prompt: 'A chat.', ...extra };
 }
 
 const dialogue: PromptMessage[] = [

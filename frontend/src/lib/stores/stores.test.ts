@@ -1,5 +1,6 @@
 import { describe, expect, it, vi } from 'vitest';
 import { FakeServer, tokens, type Handler } from '../api/fakeSocket.testutil';
+import { DEFAULT_CHAT } from '../api/modelsApi';
 import type { ModelsResponse } from '../types/protocol';
 import { MemoryChatDb } from '../util/chatDb';
 import { MemoryStorage } from '../util/storage';
@@ -43,16 +44,7 @@ const REGISTRY: ModelsResponse = {
       license: '',
       public_api: true,
       ready: true,
-      chat: {
-        max_session_length: 8192,
-        sep_token: '###',
-        stop_token: '###',
-        extra_stop_sequences: ['</s>'],
-        generation_params: { do_sample: 1, temperature: 0.6, top_p: 0.9 },
-        use_chat_template: false,
-        chat_template: null,
-        system_prompt: 'A chat.',
-      },
+      chat: { ...DEFAULT_CHAT, system_prompt: 'A chat.' },
     },
   ],
 };
