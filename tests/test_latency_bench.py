@@ -25,8 +25,8 @@ RTT = 40
 ARGS = ["--tiny", "--rtts", str(RTT), "--layouts", "2", "--sessions", "2", "--tokens", "6", "--repeats", "1"]
 
 
-def _bench(out, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bench.latency", *ARGS, "--out", str(out)], cwd=REPO,
+def _bench(out, args=ARGS, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench.latency", *args, "--out", str(out)], cwd=REPO,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kwargs)
 
@@ -67,8 +67,10 @@ def test_one_case_through_the_proxies(tmp_path):
 
 
 def test_interrupted_run_leaves_nothing(tmp_path):
-    """Ctrl-C while the servers start (processes running in the namespaces): everything is gone afterwards."""
-    bench = _bench(tmp_path)
+    """Ctrl-C while the rig runs (its processes in the namespaces): everything is gone afterwards. This run asks
+    for 200 tokens per stream, so it is still running when the poll below sees the rig's processes, also on a
+    busy machine (the 6-token case above can be over before a poll notices it: seen once in a full suite run)."""
+    bench = _bench(tmp_path, [*ARGS[:ARGS.index("--tokens")], "--tokens", "200", "--repeats", "1"])
     try:
         def servers_starting():
             if bench.poll() is not None:
