@@ -20,6 +20,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -198,7 +199,14 @@ def _f(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}"
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    # Ctrl-C raises at once, also inside asyncio.run, whose own handler only cancels the main task: a client
+    # library that turns that cancellation into an error it handles would let the run go on
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         sys.exit(main(sys.argv[1:]))
     except KeyboardInterrupt:

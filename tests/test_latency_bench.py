@@ -13,10 +13,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 from conftest import REPO, poll_until
-from netns import PREFIX, namespace_pids, namespaces, unavailable_reason
+from netns import PREFIX, namespaces, unavailable_reason
 
 _UNAVAILABLE = unavailable_reason()
 pytestmark = [pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"latency rig: {_UNAVAILABLE}"),
@@ -67,24 +68,27 @@ def test_one_case_through_the_proxies(tmp_path):
 
 
 def test_interrupted_run_leaves_nothing(tmp_path):
-    """Ctrl-C while the rig runs (its processes in the namespaces): everything is gone afterwards. This run asks
-    for 200 tokens per stream, so it is still running when the poll below sees the rig's processes, also on a
-    busy machine (the 6-token case above can be over before a poll notices it: seen once in a full suite run)."""
+    """Ctrl-C once the rig is up (proxies, servers and the app running in the namespaces, measuring): everything
+    is gone afterwards. The run asks for 200 tokens per stream, so it is still measuring when the Ctrl-C comes."""
     bench = _bench(tmp_path, [*ARGS[:ARGS.index("--tokens")], "--tokens", "200", "--repeats", "1"])
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(lambda: bench.stdout.read(1), "")), daemon=True)
+    reader.start()
     try:
-        def servers_starting():
+        def rig_up():
             if bench.poll() is not None:
-                raise AssertionError("the benchmark ended early:\n" + bench.stdout.read()[-3000:])
-            names = _left_by(bench.pid)
-            return names and sum(len(namespace_pids(n)) for n in names) >= 3  # proxies, a server's launcher
-        poll_until(servers_starting, 120, "the rig's processes")
+                raise AssertionError("the benchmark ended early:\n" + "".join(output)[-3000:])
+            return "rig up in" in "".join(output) and len(_left_by(bench.pid)) >= 3
+        poll_until(rig_up, 120, "the rig to be up")
         bench.send_signal(signal.SIGINT)
-        output, _ = bench.communicate(timeout=60)
+        bench.wait(timeout=60)
     finally:
         if bench.poll() is None:
             bench.kill()
             bench.wait()
-    assert bench.returncode == 130, output[-3000:]
-    assert "interrupted" in output
+        reader.join(timeout=10)
+    text = "".join(output)
+    assert bench.returncode == 130, text[-3000:]
+    assert "interrupted" in text
     assert not _left_by(bench.pid)
     assert not (tmp_path / "latency.json").exists()
