@@ -311,7 +311,9 @@ class _Connection:
         if shutdown is not None and shutdown.deadline is not None:
             deadline = min(deadline, shutdown.deadline)
         try:
-            async with asyncio.timeout_at(deadline) as timeout:
+            # closed on the way out, also when a send fails or the time runs out while the generation is
+            # suspended at a round: else its cleanup (the generation slot, the stop rules) waits for the GC
+            async with contextlib.aclosing(rounds), asyncio.timeout_at(deadline) as timeout:
                 self.generation_timeout = timeout
                 if shutdown is not None:
                     shutdown.timeouts.add(timeout)
