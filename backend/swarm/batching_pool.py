@@ -81,7 +81,7 @@ class BatchingTaskPool(PrioritizedTaskPool):
         if key is not None:
             accept = _Budget(key, self.max_tokens - step_tokens(first.args))
             tasks += drain(self._ordered_tasks, accept, self.max_sessions - 1)
-            if decode_key(first.args) is not None:  # a prefill never waits: it is nobody's next step
+            if first.args[0].shape[1] == 1:  # a decode step; a prefill never waits: it is nobody's next step
                 self.window.forward_time = getattr(self.process_func, "forward_time", 0.0)
                 tasks += self.window.gather(self._ordered_tasks, accept,
                                             min(self.max_sessions, self.window.expected) - len(tasks))
