@@ -96,9 +96,6 @@ def test_chat_page_in_browser(live_server) -> None:
     _run_e2e(live_server.url, os.environ.get("E2E_FILES", "frontend/e2e/").split())
 
 
-@pytest.mark.xfail(strict=False, reason="known bug, issue 15: in about 1 run of 3 the queued message gets no answer "
-                   "within 90 s after the first page stops (the backend logs neither the first session's end nor "
-                   "the second's generation; cause not found yet)")
 def test_queued_note_in_browser(tmp_path, swarm, test_registry) -> None:
     """With one generation slot, a second page's message waits in line behind a long answer: the page shows
     "Queued, position 1…", then the answer once the first page stops (``frontend/e2e/queue.e2e.mjs``)."""

@@ -207,3 +207,45 @@ def test_a_second_socket_takes_the_session_over(registry):
     assert frames[0] == REPLAY
     assert "".join(f["outputs"] for f in frames) == ANSWER
     assert engine.cancelled == 0
+
+
+def test_cancel_then_disconnect_at_once_closes_the_session_now(registry):
+    """The page's Stop sends a cancel and closes its socket at once: the session must close now, not be kept for
+    the reattach window (generating on, holding its generation slot), whichever the server notices first."""
+    engine = SlowEngine(pause=0.05)
+    app = in_process_app(engine, registry, reattach_window=600)
+
+    async def scenario(client):
+        async with client.websocket("/api/v2/generate") as ws:
+            token = await _start_answer(ws)
+            await ws.send(json.dumps({"type": "cancel"}))
+        await _until(lambda: engine.open_sessions == 0)
+        async with client.websocket("/api/v2/generate") as ws:
+            await ws.send(json.dumps({"type": "reattach", "resume_token": token}))
+            return await _recv(ws)
+
+    reply = run_in_app(app, scenario)
+    assert reply["code"] == "session_expired"
+    assert engine.cancelled == 1 and engine.streamed < len(TOKENS)
+
+
+def test_closing_runs_to_its_end_when_its_caller_is_cancelled(registry):
+    """A connection cancelled while it closes its resumable session (a disconnect right after a cancel) still
+    leaves the session closed and its generation cancelled once: nothing keeps its slot."""
+    engine = SlowEngine(pause=0.05)
+    app = in_process_app(engine, registry, reattach_window=600)
+
+    async def scenario(client):
+        async with client.websocket("/api/v2/generate") as ws:
+            await _start_answer(ws)
+            sessions = app.extensions["petals_chat"].resumable
+            (held,) = sessions._sessions.values()
+            closing = asyncio.ensure_future(sessions.close(held))
+            await asyncio.sleep(0)  # let it start: cancel it mid-way
+            closing.cancel()
+            await _until(lambda: engine.open_sessions == 0)
+            return held, closing
+
+    held, closing = run_in_app(app, scenario)
+    assert closing.cancelled() and held.conversation.closed
+    assert engine.cancelled == 1

@@ -492,8 +492,7 @@ class PetalsEngine:
                 yield item
         finally:
             session.cancel.set()  # a consumer that leaves early stops the worker at its next token
-            if not session.busy.done():  # the session is usable again only once generate() returned
-                await asyncio.wait({session.busy})
+            await _outlast(session.busy)  # the session (and its generation slot) is free only once generate() returned
 
     async def _plan(self, session: PetalsSession, inputs: str | None,
                     max_new_tokens: int) -> tuple[_Loaded, list[int], int]:
@@ -521,6 +520,21 @@ class PetalsEngine:
 
     def _done_running(self) -> None:
         self._running -= 1
+
+
+async def _outlast(work: asyncio.Future) -> None:
+    """Wait until ``work`` (a worker thread's run) is done, even when this task is cancelled meanwhile (then the
+    cancellation is raised after it). A consumer that leaves twice (a cancel request, then the client's disconnect)
+    must not release its generation slot while the worker still runs: the next generation would find the engine
+    busy."""
+    cancelled = False
+    while not work.done():
+        try:
+            await asyncio.wait({work})  # never cancels ``work``
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 def _float32_scores(input_ids, scores):

@@ -37,6 +37,7 @@ class Resumable:
         self._task: asyncio.Task | None = None
         self._changed = asyncio.Event()
         self._expiry: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Future | None = None  # ResumableSessions.close's work, once it started
 
     @property
     def generating(self) -> bool:
@@ -82,12 +83,12 @@ class Resumable:
             await changed.wait()
 
     async def cancel(self) -> None:
-        """Stop the running generation (if any) and wait until it has stopped."""
+        """Stop the running generation (if any) and wait until it has stopped (a caller cancelled meanwhile
+        leaves at once; the generation is cancelled once, never twice: its cleanup must run to its end)."""
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
+            await asyncio.wait({task})  # unlike ``await task``, never passes the caller's cancellation on to it
 
 
 class ResumableSessions:
@@ -119,12 +120,13 @@ class ResumableSessions:
         session.owner = owner
         return session
 
-    def detach(self, session: Resumable, owner: object) -> None:
-        """The connection ``owner`` has ended: keep the session for the window (unless another took it)."""
+    def detach(self, session: Resumable, owner: object, *, keep: bool = True) -> None:
+        """The connection ``owner`` has ended: keep the session for the window (unless another took it);
+        ``keep=False`` (its client asked to cancel it): close it now."""
         if session.owner is not owner or session.token not in self._sessions:
             return
         session.owner = None
-        if self.window <= 0:
+        if self.window <= 0 or not keep:
             self._close_later(session)
             return
         logger.info("ws session detached: kept %g s for a reattach", self.window)
@@ -138,11 +140,21 @@ class ResumableSessions:
         task.add_done_callback(self._closing.discard)
 
     async def close(self, session: Resumable) -> None:
-        """Cancel its generation and close its session; its token is no longer valid."""
+        """Cancel its generation and close its session; its token is no longer valid. The closing runs to its
+        end even when the caller is cancelled meanwhile (a client that sends a cancel and disconnects at once):
+        else nobody would release the session's slot."""
         self._sessions.pop(session.token, None)
         if session._expiry is not None:
             session._expiry.cancel()
             session._expiry = None
+        if session._closing is None:
+            session._closing = asyncio.ensure_future(self._finish(session))
+            self._closing.add(session._closing)
+            session._closing.add_done_callback(self._closing.discard)
+        await asyncio.shield(session._closing)
+
+    @staticmethod
+    async def _finish(session: Resumable) -> None:
         await session.cancel()
         await session.conversation.close()
 

@@ -95,7 +95,7 @@ class _Connection:
         self.own_origin = is_own_origin(websocket)
         self.conversation: Conversation | None = None
         self.resumable: Resumable | None = None  # self.conversation's holder, when it was opened resumable
-        self.cancelled = False  # a cancel request arrived while a generation ran
+        self.cancelled = False  # a cancel request arrived
         self.queue_updates = False  # the session was opened with queue_updates: send queued frames
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.flood: _Drop | None = None  # set by the pump: why the connection must end now
@@ -131,9 +131,10 @@ class _Connection:
                                    "generation runs; closing the connection", 1008, reason="too_many_requests")
             else:
                 self.inbox.put_nowait(raw)
-                if self.generation_timeout is not None and _is_cancel(raw):
-                    self.cancelled = True
-                    self.generation_timeout.reschedule(asyncio.get_running_loop().time())
+                if _is_cancel(raw):
+                    self.cancelled = True  # also when the client disconnects before the cancel is handled
+                    if self.generation_timeout is not None:
+                        self.generation_timeout.reschedule(asyncio.get_running_loop().time())
                 continue
             if self.generation_timeout is not None:  # stop the running generation now
                 self.generation_timeout.reschedule(asyncio.get_running_loop().time())
@@ -162,7 +163,8 @@ class _Connection:
             if self.shutdown is not None:
                 self.shutdown.inboxes.discard(self.inbox)
             if self.resumable is not None and self.resumable.conversation is self.conversation:
-                self.app_state.resumable.detach(self.resumable, self)  # kept for a reattach
+                # kept for a reattach, unless the client asked to cancel it (then disconnected before we saw it)
+                self.app_state.resumable.detach(self.resumable, self, keep=not self.cancelled)
             elif self.conversation is not None:
                 await self.conversation.close()
 
