@@ -287,15 +287,17 @@ def test_when_the_cache_stays_full_the_error_is_cache_full_at_once(registry):
     assert 0.2 < waited < 5
 
 
-def test_an_idle_session_yields_its_slot_to_a_waiting_client(registry):
+@pytest.mark.parametrize("resumable", [False, True], ids=["plain", "resumable"])
+def test_an_idle_session_yields_its_slot_to_a_waiting_client(registry, resumable):
+    """Also a resumable one (the chat page opens those): it is closed, not kept for a reattach."""
     engine = SwarmEngine(capacity=100)
     app = in_process_app(engine, registry, max_sessions=2, queue_timeout=20)
 
     async def scenario(client):
         ws_b = await _holding(client, B, max_length=40)  # generating: never asked to yield
         ws_a, idle = await _socket(client, A)
-        await idle.send(json.dumps({**OPEN, "max_length": 40}))
-        await _receive(idle)
+        await idle.send(json.dumps({**OPEN, "max_length": 40, "resumable": resumable}))
+        assert (await _receive(idle))["ok"] is True
         await idle.send(json.dumps(GENERATE))
         answered = await _until_stop(idle, [await _receive(idle)])  # answered: idle now, holding cache
         ws_c, newcomer = await _socket(client, C)

@@ -173,8 +173,9 @@ class _Connection:
         loop = asyncio.get_running_loop()
         left = self.deadline - loop.time()
         unused = self.unused_deadline - loop.time() if self.conversation and not self.conversation.used else None
-        # while it waits for a request, the session is idle: the limiter may have it yield its slot (under pressure)
-        limiter = self.app_state.service.limiter if self.conversation and not self.resumable else None
+        # while it waits for a request, the session is idle: the limiter may have it yield its slot (under pressure);
+        # a resumable one too (the chat page's): it is closed then, not kept for a reattach
+        limiter = self.app_state.service.limiter if self.conversation else None
         if limiter is not None:
             limiter.idle(self, lambda: self.inbox.put_nowait(_YIELD))
         try:
