@@ -8,10 +8,9 @@ from bench.netns import (
     NetnsRig,
     _ip,
     cleanup_stale,
-    namespace_pids,
     namespaces,
     unavailable_reason,
 )
 
-__all__ = ["PREFIX", "SUBNETS", "Host", "NetnsRig", "_ip", "cleanup_stale", "namespace_pids", "namespaces",
+__all__ = ["PREFIX", "SUBNETS", "Host", "NetnsRig", "_ip", "cleanup_stale", "namespaces",
     "unavailable_reason"]

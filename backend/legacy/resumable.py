@@ -133,16 +133,17 @@ class ResumableSessions:
         session._expiry = asyncio.get_running_loop().call_later(self.window, self._close_later, session)
 
     def _close_later(self, session: Resumable) -> None:
-        if session.owner is not None:
-            return
-        task = asyncio.ensure_future(self.close(session))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        if session.owner is None:
+            self._start_closing(session)
 
     async def close(self, session: Resumable) -> None:
         """Cancel its generation and close its session; its token is no longer valid. The closing runs to its
         end even when the caller is cancelled meanwhile (a client that sends a cancel and disconnects at once):
         else nobody would release the session's slot."""
+        await asyncio.shield(self._start_closing(session))
+
+    def _start_closing(self, session: Resumable) -> asyncio.Future:
+        """Forget the session's token and start closing it (once): the closing's task, tracked for close_all."""
         self._sessions.pop(session.token, None)
         if session._expiry is not None:
             session._expiry.cancel()
@@ -151,7 +152,7 @@ class ResumableSessions:
             session._closing = asyncio.ensure_future(self._finish(session))
             self._closing.add(session._closing)
             session._closing.add_done_callback(self._closing.discard)
-        await asyncio.shield(session._closing)
+        return session._closing
 
     @staticmethod
     async def _finish(session: Resumable) -> None:
